@@ -1,0 +1,122 @@
+//! Errors: every way user input can be wrong has its own variant, naming the argument and the fix.
+//!
+//! Functions of this crate return [`Result`]. An [`Error`] converts into `candle_core::Error`, so a
+//! training loop written against `candle_core::Result` can use `?` on anything advtrain returns.
+
+use candle_core::DType;
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What went wrong, with the argument at fault and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A numeric or structural argument is out of its domain (eps < 0, NaN, K = 0, ...).
+    #[error("invalid argument `{name}`: {reason}; fix: {fix}")]
+    InvalidArgument {
+        name: &'static str,
+        reason: String,
+        fix: String,
+    },
+    /// A tensor argument has the wrong shape.
+    #[error("shape mismatch for `{name}`: expected {expected}, got {got:?}")]
+    ShapeMismatch {
+        name: &'static str,
+        expected: String,
+        got: Vec<usize>,
+    },
+    /// A tensor argument has the wrong dtype.
+    #[error(
+        "dtype mismatch for `{name}`: expected {expected:?}, got {got:?}; fix: convert it with `.to_dtype(DType::{expected:?})`"
+    )]
+    DTypeMismatch {
+        name: &'static str,
+        expected: DType,
+        got: DType,
+    },
+    /// A batch with no examples (or a padding mask that masks everything).
+    #[error("empty batch: `{name}` {detail}; fix: skip empty batches before calling advtrain")]
+    EmptyBatch { name: &'static str, detail: String },
+    /// A method needs second-order gradients and candle was not told to keep gradient graphs.
+    #[error(
+        "{what} needs second-order gradients, but they are off on this thread: candle detaches every \
+         gradient unless the environment variable CANDLE_GRAD_DO_NOT_DETACH=1 is set before the thread's \
+         first backward pass, and would return a silently wrong gradient. Fix: start the process with \
+         CANDLE_GRAD_DO_NOT_DETACH=1 (for cargo, add `[env] CANDLE_GRAD_DO_NOT_DETACH = {{ value = \"1\", \
+         force = true }}` to .cargo/config.toml), or use the finite-difference form of {what}, which needs \
+         first-order gradients only"
+    )]
+    SecondOrderDisabled { what: &'static str },
+    /// The loss does not depend on the perturbation: the gradient path was cut.
+    #[error(
+        "the loss has no gradient with respect to the {target}: the path from the perturbed point to the \
+         loss is cut. In candle 0.11 these ops pass no gradient: candle_nn::LayerNorm on contiguous input, \
+         candle_nn::ops::layer_norm, candle_nn::RmsNorm, candle_nn::ops::rms_norm, \
+         candle_nn::ops::softmax_last_dim, any `.detach()` and custom ops without a backward. Fix: use \
+         advtrain::ops::{{layer_norm, LayerNorm, softmax_last_dim}} instead, and make the loss closure \
+         compute the loss from the tensor it is given"
+    )]
+    NoGradient { target: String },
+    /// The gradient with respect to the perturbation is identically zero.
+    #[error(
+        "the gradient of the loss with respect to the {target} is identically zero, so no perturbation \
+         direction exists; a cut gradient path (see the ops listed under NoGradient) or a fully saturated \
+         loss does this. Fix: check the model with advtrain::target::Target::check_gradient, or, if a zero \
+         gradient is expected late in training, call `.allow_zero_gradient(true)` on the method to take a \
+         zero perturbation instead"
+    )]
+    ZeroGradient { target: String },
+    /// NaN or infinity where a finite number is required.
+    #[error(
+        "{what} is not finite (NaN or infinity); fix: check the inputs and the learning rate, or lower eps"
+    )]
+    NonFinite { what: String },
+    /// An error from candle itself.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(inner) => inner,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
+
+/// Checks that a scalar parameter is finite and non-negative.
+pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(Error::InvalidArgument {
+            name,
+            reason: format!("must be a finite number >= 0, got {value}"),
+            fix: format!("pass a finite `{name}` >= 0"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a scalar parameter is finite and strictly positive.
+pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(Error::InvalidArgument {
+            name,
+            reason: format!("must be a finite number > 0, got {value}"),
+            fix: format!("pass a finite `{name}` > 0"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a count is at least one.
+pub(crate) fn check_count(name: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(Error::InvalidArgument {
+            name,
+            reason: "must be at least 1, got 0".into(),
+            fix: format!("pass `{name}` >= 1"),
+        });
+    }
+    Ok(())
+}

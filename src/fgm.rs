@@ -1,0 +1,120 @@
+//! FGM and FGSM: one gradient-ascent step on the perturbation, then train at the perturbed point.
+//!
+//! The step is `delta = eps * d(g)` with `g = dL/dx` and `d` the direction of a [`StepNorm`]: raw
+//! `eps * g`, L2-normalised `eps * g / ||g||` (per example or per batch), or sign `eps * sign(g)` (FGSM).
+//! `delta` is detached: the weights' gradient is taken at the perturbed point with `delta` held
+//! constant, which to first order in eps is gradient penalty (see [`crate::norm`]). Two training
+//! objectives, as the seeds use them: the adversarial loss alone, or clean + adversarial.
+//! Cost: two forward and two backward passes per step. Book chapter: "FGM and gradient penalty".
+
+use crate::error::check_non_negative;
+use crate::norm::{Scope, StepNorm};
+use crate::step::{Passes, Step};
+use crate::target::Target;
+use crate::{Result, norm};
+use candle_core::Tensor;
+
+/// Which loss the weights are trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    /// `L(x + delta)` only.
+    AdversarialOnly,
+    /// `L(x) + L(x + delta)`: the clean gradient plus the adversarial one.
+    CleanPlusAdversarial,
+}
+
+/// The fast gradient method.
+#[derive(Clone, Copy, Debug)]
+pub struct Fgm {
+    eps: f64,
+    norm: StepNorm,
+    objective: Objective,
+    allow_zero_gradient: bool,
+}
+
+impl Fgm {
+    /// FGM with step size `eps` (>= 0), L2-normalised per batch, clean + adversarial objective.
+    pub fn new(eps: f64) -> Result<Self> {
+        check_non_negative("eps", eps)?;
+        Ok(Self {
+            eps,
+            norm: StepNorm::L2(Scope::PerBatch),
+            objective: Objective::CleanPlusAdversarial,
+            allow_zero_gradient: false,
+        })
+    }
+
+    /// FGSM: the sign step `eps * sign(g)`.
+    pub fn fgsm(eps: f64) -> Result<Self> {
+        Ok(Self::new(eps)?.with_norm(StepNorm::Sign))
+    }
+
+    /// Sets the step geometry.
+    pub fn with_norm(mut self, norm: StepNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Sets the training objective.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// With `true`, an all-zero gradient gives a zero perturbation instead of an error.
+    pub fn allow_zero_gradient(mut self, allow: bool) -> Self {
+        self.allow_zero_gradient = allow;
+        self
+    }
+
+    /// The step size.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// The step geometry.
+    pub fn norm(&self) -> norm::StepNorm {
+        self.norm
+    }
+
+    /// The perturbation `eps * d(g)` for a gradient `g` w.r.t. the target's point (detached).
+    pub fn perturbation(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
+        target.check_gradient_value(g, self.allow_zero_gradient)?;
+        Ok((self.norm.direction(target, g)? * self.eps)?)
+    }
+
+    /// One training step: clean forward-backward, the perturbation, adversarial forward-backward.
+    pub fn step<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let clean = target.loss_and_gradient(loss_fn)?;
+        let delta = self.perturbation(target, &clean.gradient)?;
+        let adversarial = target.loss_at(loss_fn, &delta)?;
+        let adversarial_grads = adversarial.backward()?;
+        let passes = Passes {
+            forward: 2,
+            backward: 2,
+            double_backward: 0,
+        };
+        let clean_loss = clean.loss.detach();
+        Ok(match self.objective {
+            Objective::AdversarialOnly => Step {
+                loss: adversarial.detach(),
+                clean_loss,
+                grads: adversarial_grads,
+                passes,
+            },
+            Objective::CleanPlusAdversarial => {
+                let mut grads = clean.grads;
+                grads.extend(adversarial_grads)?;
+                Step {
+                    loss: (&clean_loss + adversarial.detach())?,
+                    clean_loss,
+                    grads,
+                    passes,
+                }
+            }
+        })
+    }
+}

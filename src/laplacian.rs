@@ -1,0 +1,323 @@
+//! The Laplacian regulariser: random noise, integrated out, and estimated by Hutchinson probes.
+//!
+//! For noise `e` with independent entries of mean 0 and variance sigma^2, a second-order Taylor
+//! expansion gives (eq. (5)-(6) of the seed article on generalisation)
+//!
+//! `E[L(x + e)] = L(x) + sigma^2/2 * tr(H_x L) + O(sigma^4)`,
+//!
+//! so training on noisy inputs is, to this order, training with the regulariser `sigma^2/2 * tr(H)`.
+//! The trace is estimated without forming H by Hutchinson's estimator `tr(H) = E_v[v^T H v]` for probes
+//! with `E[v v^T] = I` (Rademacher or Gaussian), where `v^T H v` is either
+//!
+//! * exact, by a Hessian-vector product (double backward; needs second order on), or
+//! * `(L(x + h v) + L(x - h v) - 2 L(x)) / h^2`, a finite difference with error O(h^2) that needs no
+//!   second order at all and is trained through by one ordinary backward pass.
+//!
+//! Book chapter: "Noise".
+
+use crate::error::{check_count, check_non_negative, check_positive};
+use crate::step::{Passes, Step};
+use crate::target::{PointGradient, Target};
+use crate::verify::{Estimate, scalar};
+use crate::{Error, Result, Rng, second_order};
+use candle_core::Tensor;
+
+/// The distribution of Hutchinson probes (both have `E[v v^T] = I`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Entries -1 or +1: the smallest variance of all such probes.
+    Rademacher,
+    /// Standard normal entries.
+    Gaussian,
+}
+
+impl ProbeKind {
+    /// A probe shaped like the target's point, zero at padded positions.
+    pub fn sample(&self, target: &Target, rng: &mut Rng) -> Result<Tensor> {
+        let p = target.point();
+        let v = match self {
+            ProbeKind::Rademacher => rng.rademacher(p.shape(), p.dtype(), p.device())?,
+            ProbeKind::Gaussian => rng.normal(p.shape(), p.dtype(), p.device())?,
+        };
+        target.apply_mask(&v)
+    }
+}
+
+/// How a curvature `v^T H v` is computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CurvatureMethod {
+    /// Exact Hessian-vector product by double backward (second order).
+    DoubleBackward,
+    /// Central second difference of losses with step `h` (first order only).
+    FiniteDifference {
+        /// The step (about 1e-3 in f64, 1e-1 in f32, where cancellation sets the floor).
+        h: f64,
+    },
+}
+
+impl CurvatureMethod {
+    fn check(&self) -> Result<()> {
+        match self {
+            CurvatureMethod::DoubleBackward => {
+                second_order::require("an exact Hessian-vector product")
+            }
+            CurvatureMethod::FiniteDifference { h } => check_positive("h", *h),
+        }
+    }
+}
+
+/// `H v` from a gradient that kept its graph (see [`Target::loss_and_gradient`]).
+fn hvp_from(point_gradient: &PointGradient, v: &Tensor) -> Result<Tensor> {
+    let along = (&point_gradient.gradient * v)?.sum_all()?;
+    if !along.track_op() {
+        // The gradient does not depend on the point at all: the Hessian is zero.
+        return Ok(v.zeros_like()?);
+    }
+    let grads = along.backward()?;
+    match grads.get(&point_gradient.probe) {
+        Some(hv) => Ok(hv.clone()),
+        None => Ok(v.zeros_like()?),
+    }
+}
+
+/// The Hessian-vector product `H v` of the loss with respect to the target's point, by double
+/// backward. It keeps its graph, so it can itself be differentiated (third order).
+pub fn hessian_vector_product<F>(target: &Target, loss_fn: &F, v: &Tensor) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    second_order::require("a Hessian-vector product")?;
+    target.check_delta(v)?;
+    let point_gradient = target.loss_and_gradient(loss_fn)?;
+    hvp_from(&point_gradient, &target.apply_mask(v)?)
+}
+
+/// The curvature `v^T H v` along `v` by `method`, as a scalar tensor with its graph.
+pub fn curvature<F>(
+    target: &Target,
+    loss_fn: &F,
+    v: &Tensor,
+    method: CurvatureMethod,
+) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    method.check()?;
+    target.check_delta(v)?;
+    let v = target.apply_mask(v)?;
+    match method {
+        CurvatureMethod::DoubleBackward => {
+            let hv = hessian_vector_product(target, loss_fn, &v)?;
+            Ok((v * hv)?.sum_all()?)
+        }
+        CurvatureMethod::FiniteDifference { h } => {
+            let clean = target.loss(loss_fn)?;
+            second_difference(target, loss_fn, &clean, &v, h)
+        }
+    }
+}
+
+/// `(L(x + h v) + L(x - h v) - 2 L(x)) / h^2`.
+fn second_difference<F>(
+    target: &Target,
+    loss_fn: &F,
+    clean: &Tensor,
+    v: &Tensor,
+    h: f64,
+) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    let plus = target.loss_at(loss_fn, &(v * h)?)?;
+    let minus = target.loss_at(loss_fn, &(v * -h)?)?;
+    Ok(((plus + minus)? - (clean * 2.0)?)?.affine(1.0 / (h * h), 0.0)?)
+}
+
+/// The full Hessian `(D, D)` of the loss with respect to the target's point (flattened, `D` entries),
+/// one double backward per column. For verification on small points (D <= 4096).
+pub fn hessian_matrix<F>(target: &Target, loss_fn: &F) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    second_order::require("the exact Hessian")?;
+    let p = target.point();
+    let n = p.elem_count();
+    if n > 4096 {
+        return Err(Error::InvalidArgument {
+            name: "target",
+            reason: format!("the exact Hessian needs one backward pass per entry, and the point has {n}"),
+            fix: "use hutchinson() for points with more than 4096 entries".into(),
+        });
+    }
+    let point_gradient = target.loss_and_gradient(loss_fn)?;
+    let columns = (0..n)
+        .map(|i| {
+            let mut basis = vec![0.0f64; n];
+            basis[i] = 1.0;
+            let e = Tensor::from_vec(basis, p.shape(), p.device())?.to_dtype(p.dtype())?;
+            Ok(hvp_from(&point_gradient, &e)?.flatten_all()?.detach())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&columns, 1)?)
+}
+
+/// The exact trace of the Hessian over the unmasked entries of the target's point (the Laplacian),
+/// from [`hessian_matrix`].
+pub fn hessian_trace<F>(target: &Target, loss_fn: &F) -> Result<f64>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    let p = target.point();
+    let diagonal: Vec<f64> = hessian_matrix(target, loss_fn)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec2::<f64>()?
+        .iter()
+        .enumerate()
+        .map(|(i, row)| row[i])
+        .collect();
+    let mask: Vec<f64> = match target.mask() {
+        Some(m) => m
+            .broadcast_as(p.shape())?
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1()?,
+        None => vec![1.0; diagonal.len()],
+    };
+    Ok(diagonal.iter().zip(&mask).map(|(h, m)| h * m).sum())
+}
+
+/// Hutchinson's estimate of `tr(H_x L)` from `probes` probes of `kind`, each by `method`.
+pub fn hutchinson<F>(
+    target: &Target,
+    loss_fn: &F,
+    kind: ProbeKind,
+    method: CurvatureMethod,
+    probes: usize,
+    rng: &mut Rng,
+) -> Result<Estimate>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    check_count("probes", probes)?;
+    method.check()?;
+    let mut samples = Vec::with_capacity(probes);
+    match method {
+        CurvatureMethod::DoubleBackward => {
+            let point_gradient = target.loss_and_gradient(loss_fn)?;
+            for _ in 0..probes {
+                let v = kind.sample(target, rng)?;
+                let hv = hvp_from(&point_gradient, &v)?;
+                samples.push(scalar(&(v * hv)?.sum_all()?)?);
+            }
+        }
+        CurvatureMethod::FiniteDifference { h } => {
+            let clean = target.loss(loss_fn)?;
+            for _ in 0..probes {
+                let v = kind.sample(target, rng)?;
+                samples.push(scalar(&second_difference(target, loss_fn, &clean, &v, h)?)?);
+            }
+        }
+    }
+    Estimate::from_samples(samples)
+}
+
+/// The trainable Laplacian regulariser `sigma^2/2 * tr(H_x L)`, estimated by Hutchinson probes.
+#[derive(Clone, Copy, Debug)]
+pub struct Laplacian {
+    sigma: f64,
+    probes: usize,
+    kind: ProbeKind,
+    method: CurvatureMethod,
+}
+
+impl Laplacian {
+    /// Noise scale `sigma`, one Rademacher probe, exact curvature.
+    pub fn new(sigma: f64) -> Result<Self> {
+        check_non_negative("sigma", sigma)?;
+        Ok(Self {
+            sigma,
+            probes: 1,
+            kind: ProbeKind::Rademacher,
+            method: CurvatureMethod::DoubleBackward,
+        })
+    }
+
+    /// Number of probes per step.
+    pub fn with_probes(mut self, probes: usize) -> Result<Self> {
+        check_count("probes", probes)?;
+        self.probes = probes;
+        Ok(self)
+    }
+
+    /// Probe distribution.
+    pub fn with_probe_kind(mut self, kind: ProbeKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// How each curvature is computed.
+    pub fn with_method(mut self, method: CurvatureMethod) -> Result<Self> {
+        if let CurvatureMethod::FiniteDifference { h } = method {
+            check_positive("h", h)?;
+        }
+        self.method = method;
+        Ok(self)
+    }
+
+    /// One training step on `L + sigma^2/2 * mean_probes v^T H v`.
+    pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        self.method.check()?;
+        let weight = self.sigma * self.sigma / 2.0 / self.probes as f64;
+        match self.method {
+            CurvatureMethod::DoubleBackward => {
+                let point_gradient = target.loss_and_gradient(loss_fn)?;
+                let mut total_curvature: Option<Tensor> = None;
+                for _ in 0..self.probes {
+                    let v = self.kind.sample(target, rng)?;
+                    let q = (&v * hvp_from(&point_gradient, &v)?)?.sum_all()?;
+                    total_curvature = Some(match total_curvature {
+                        None => q,
+                        Some(acc) => (acc + q)?,
+                    });
+                }
+                let regulariser = (total_curvature.expect("probes >= 1") * weight)?;
+                let clean_loss = point_gradient.loss.detach();
+                let mut grads = point_gradient.grads;
+                grads.extend(regulariser.backward()?)?;
+                Ok(Step {
+                    loss: (&clean_loss + regulariser.detach())?,
+                    clean_loss,
+                    grads,
+                    passes: Passes {
+                        forward: 1,
+                        backward: 2 + self.probes,
+                        double_backward: 1 + self.probes,
+                    },
+                })
+            }
+            CurvatureMethod::FiniteDifference { h } => {
+                let clean = target.loss(loss_fn)?;
+                let mut objective = clean.clone();
+                for _ in 0..self.probes {
+                    let v = self.kind.sample(target, rng)?;
+                    let q = second_difference(target, loss_fn, &clean, &v, h)?;
+                    objective = (objective + (q * weight)?)?;
+                }
+                let grads = objective.backward()?;
+                Ok(Step {
+                    loss: objective.detach(),
+                    clean_loss: clean.detach(),
+                    grads,
+                    passes: Passes {
+                        forward: 1 + 2 * self.probes,
+                        backward: 1 + 2 * self.probes,
+                        double_backward: 0,
+                    },
+                })
+            }
+        }
+    }
+}

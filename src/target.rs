@@ -1,0 +1,344 @@
+//! Perturbation targets: "a loss evaluated at a perturbed point".
+//!
+//! Every method in this crate (noise, Hutchinson, FGM, gradient penalty, ...) is written against a
+//! [`Target`] and a loss closure `Fn(&Tensor) -> candle_core::Result<Tensor>` that maps the (perturbed)
+//! point to a scalar loss. Three kinds of point, one code path:
+//!
+//! * [`Target::input`]: the model's input features `x`, shape `(b, ...)`; norms are per example.
+//! * [`Target::embedding_output`]: the embedding lookup's output, `(b, n, d)`, with an optional padding
+//!   mask `(b, n)`: padded positions are never perturbed and norms are per sentence. The closure is the
+//!   rest of the model; the embedding matrix keeps its gradient through the point.
+//! * [`Target::embedding_matrix`] (or any [`Target::weight`]): the cheap shared form, one perturbation
+//!   of the matrix for every occurrence of a token. The closure does the lookup itself.
+//!
+//! The gradient with respect to the point comes from a zero-valued `Var` added to it (or from the
+//! weight's own gradient, when the point is a `Var`). Book chapter: "Min-max".
+
+use crate::{Error, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use std::fmt;
+
+/// Which kind of point a [`Target`] perturbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// Input features, one row per example.
+    Input,
+    /// Embedding output `(b, n, d)`, one sentence per example.
+    EmbeddingOutput,
+    /// A weight such as the embedding matrix, shared by the whole batch.
+    Weight,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetKind::Input => "input",
+            TargetKind::EmbeddingOutput => "embedding output",
+            TargetKind::Weight => "weight (embedding matrix)",
+        })
+    }
+}
+
+/// A point to perturb, with its padding mask and how its entries group into examples.
+#[derive(Clone, Debug)]
+pub struct Target {
+    point: Tensor,
+    /// Broadcastable to the point: 1 where perturbations apply, 0 at padding.
+    mask: Option<Tensor>,
+    kind: TargetKind,
+    /// Set when the point is itself a variable: its gradient is the point's gradient.
+    var: Option<Var>,
+}
+
+/// The loss at the unperturbed point and its gradient with respect to the point.
+pub struct PointGradient {
+    /// The loss at the point (with its graph).
+    pub loss: Tensor,
+    /// Gradients of the loss for every variable (the point's own entry removed).
+    pub grads: GradStore,
+    /// dLoss/dPoint; it keeps its graph when second order is on.
+    pub gradient: Tensor,
+    /// The tensor the gradient was taken against (see [`Target::probe_point`]).
+    pub probe: Tensor,
+}
+
+fn check_float(name: &'static str, t: &Tensor) -> Result<()> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(()),
+        other => Err(Error::InvalidArgument {
+            name,
+            reason: format!("perturbations need a floating-point tensor, got {other:?}"),
+            fix: "convert it with `.to_dtype(DType::F32)` (or F64)".into(),
+        }),
+    }
+}
+
+fn check_batch(name: &'static str, t: &Tensor) -> Result<()> {
+    if t.rank() == 0 {
+        return Err(Error::ShapeMismatch {
+            name,
+            expected: "a batch (b, ...) with the examples along dimension 0".into(),
+            got: vec![],
+        });
+    }
+    if t.dim(0)? == 0 || t.elem_count() == 0 {
+        return Err(Error::EmptyBatch {
+            name,
+            detail: format!("has shape {:?}", t.dims()),
+        });
+    }
+    Ok(())
+}
+
+impl Target {
+    /// The model's input features, `(b, ...)`, perturbed per example.
+    pub fn input(x: &Tensor) -> Result<Self> {
+        check_float("x", x)?;
+        check_batch("x", x)?;
+        Ok(Self {
+            point: x.clone(),
+            mask: None,
+            kind: TargetKind::Input,
+            var: None,
+        })
+    }
+
+    /// The embedding output `(b, n, d)`; `mask` is `(b, n)`, 1 for real tokens and 0 for padding.
+    pub fn embedding_output(embeddings: &Tensor, mask: Option<&Tensor>) -> Result<Self> {
+        check_float("embeddings", embeddings)?;
+        check_batch("embeddings", embeddings)?;
+        if embeddings.rank() != 3 {
+            return Err(Error::ShapeMismatch {
+                name: "embeddings",
+                expected: "(batch, tokens, hidden)".into(),
+                got: embeddings.dims().to_vec(),
+            });
+        }
+        let mask = match mask {
+            None => None,
+            Some(m) => {
+                let (b, n, _) = embeddings.dims3()?;
+                if m.dims() != [b, n] {
+                    return Err(Error::ShapeMismatch {
+                        name: "mask",
+                        expected: format!("({b}, {n}): (batch, tokens) of the embeddings"),
+                        got: m.dims().to_vec(),
+                    });
+                }
+                let m = m.to_dtype(DType::F64)?;
+                let values: Vec<f64> = m.flatten_all()?.to_vec1()?;
+                if let Some(bad) = values.iter().find(|v| **v != 0.0 && **v != 1.0) {
+                    return Err(Error::InvalidArgument {
+                        name: "mask",
+                        reason: format!("a padding mask holds only 0 and 1, found {bad}"),
+                        fix: "pass 1 for real tokens and 0 for padding".into(),
+                    });
+                }
+                if values.iter().all(|v| *v == 0.0) {
+                    return Err(Error::EmptyBatch {
+                        name: "mask",
+                        detail: "masks every position".into(),
+                    });
+                }
+                Some(m.to_dtype(embeddings.dtype())?.unsqueeze(2)?)
+            }
+        };
+        Ok(Self {
+            point: embeddings.clone(),
+            mask,
+            kind: TargetKind::EmbeddingOutput,
+            var: None,
+        })
+    }
+
+    /// The embedding matrix `(vocab, d)`: one perturbation shared by every occurrence of a token.
+    pub fn embedding_matrix(matrix: &Var) -> Result<Self> {
+        Self::weight(matrix)
+    }
+
+    /// Any weight (for weight noise or a shared perturbation); norms are over the whole tensor.
+    pub fn weight(weight: &Var) -> Result<Self> {
+        check_float("weight", weight.as_tensor())?;
+        if weight.elem_count() == 0 {
+            return Err(Error::EmptyBatch {
+                name: "weight",
+                detail: "has no entries".into(),
+            });
+        }
+        Ok(Self {
+            point: weight.as_tensor().clone(),
+            mask: None,
+            kind: TargetKind::Weight,
+            var: Some(weight.clone()),
+        })
+    }
+
+    /// The unperturbed point.
+    pub fn point(&self) -> &Tensor {
+        &self.point
+    }
+
+    /// What kind of point this is.
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+
+    /// The padding mask, broadcastable to the point, if any.
+    pub fn mask(&self) -> Option<&Tensor> {
+        self.mask.as_ref()
+    }
+
+    /// Whether the entries group into examples (dimension 0) for per-example norms.
+    pub fn has_examples(&self) -> bool {
+        self.kind != TargetKind::Weight
+    }
+
+    /// Zeroes `t` at padded positions (identity without a mask).
+    pub fn apply_mask(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(match &self.mask {
+            Some(m) => t.broadcast_mul(m)?,
+            None => t.clone(),
+        })
+    }
+
+    /// Checks that `delta` can perturb this point: same shape and dtype.
+    pub fn check_delta(&self, delta: &Tensor) -> Result<()> {
+        if delta.shape() != self.point.shape() {
+            return Err(Error::ShapeMismatch {
+                name: "delta",
+                expected: format!("{:?} (the {}'s shape)", self.point.dims(), self.kind),
+                got: delta.dims().to_vec(),
+            });
+        }
+        if delta.dtype() != self.point.dtype() {
+            return Err(Error::DTypeMismatch {
+                name: "delta",
+                expected: self.point.dtype(),
+                got: delta.dtype(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The perturbed point `point + mask * delta` (differentiable in both).
+    pub fn perturb(&self, delta: &Tensor) -> Result<Tensor> {
+        self.check_delta(delta)?;
+        Ok((&self.point + self.apply_mask(delta)?)?)
+    }
+
+    /// The loss at `point + mask * delta`; errors when the closure does not return a scalar.
+    pub fn loss_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<Tensor>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        scalar_loss(loss_fn(&self.perturb(delta)?)?)
+    }
+
+    /// The loss at the unperturbed point.
+    pub fn loss<F>(&self, loss_fn: &F) -> Result<Tensor>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        scalar_loss(loss_fn(&self.point)?)
+    }
+
+    /// The point made differentiable: `(point + mask * zero, zero)` with `zero` a zero-valued `Var`,
+    /// or `(var, var)` when the point is itself a variable. The gradient of anything computed from the
+    /// first tensor with respect to the point is the gradient with respect to the second.
+    pub fn probe_point(&self) -> Result<(Tensor, Tensor)> {
+        Ok(match &self.var {
+            Some(var) => (var.as_tensor().clone(), var.as_tensor().clone()),
+            None => {
+                let zero = Var::zeros(self.point.shape(), self.point.dtype(), self.point.device())?;
+                (self.perturb(zero.as_tensor())?, zero.as_tensor().clone())
+            }
+        })
+    }
+
+    /// One forward and one backward pass: the loss, every variable's gradient, and dLoss/dPoint.
+    /// Errors with [`Error::NoGradient`] when the loss does not depend on the point.
+    pub fn loss_and_gradient<F>(&self, loss_fn: &F) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let (point, probe) = self.probe_point()?;
+        let loss = scalar_loss(loss_fn(&point)?)?;
+        let mut grads = loss.backward()?;
+        let gradient = match self.var {
+            Some(_) => grads.get(&probe).cloned(),
+            None => grads.remove(&probe),
+        }
+        .ok_or_else(|| Error::NoGradient {
+            target: self.kind.to_string(),
+        })?;
+        Ok(PointGradient {
+            loss,
+            grads,
+            gradient,
+            probe,
+        })
+    }
+
+    /// Checks a gradient with respect to this point: finite, and non-zero unless `allow_zero`.
+    pub fn check_gradient_value(&self, gradient: &Tensor, allow_zero: bool) -> Result<()> {
+        let size = gradient
+            .to_dtype(DType::F64)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        if !size.is_finite() {
+            return Err(Error::NonFinite {
+                what: format!("the gradient with respect to the {}", self.kind),
+            });
+        }
+        if size == 0.0 && !allow_zero {
+            return Err(Error::ZeroGradient {
+                target: self.kind.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Set-up check: the loss reaches this point through differentiable ops and its gradient is finite
+    /// and non-zero. Run it once on a real batch before training; a cut path fails loudly here.
+    pub fn check_gradient<F>(&self, loss_fn: &F) -> Result<()>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let point_gradient = self.loss_and_gradient(loss_fn)?;
+        self.check_gradient_value(&point_gradient.gradient, false)
+    }
+
+    /// Sum of `values` over each example's entries, shaped to broadcast against the point:
+    /// `(b, 1, ..., 1)`. Errors for weight targets, which have no examples.
+    pub fn per_example_sum(&self, values: &Tensor) -> Result<Tensor> {
+        if !self.has_examples() {
+            return Err(Error::InvalidArgument {
+                name: "scope",
+                reason: format!("a {} is shared by the whole batch and has no examples", self.kind),
+                fix: "use Scope::PerBatch for weight and embedding-matrix targets".into(),
+            });
+        }
+        let b = values.dim(0)?;
+        let mut shape = vec![1usize; values.rank()];
+        shape[0] = b;
+        Ok(values.flatten_from(1)?.sum_keepdim(1)?.reshape(shape)?)
+    }
+}
+
+/// Accepts a one-element loss (any rank) and returns it as a rank-0 tensor.
+fn scalar_loss(loss: Tensor) -> Result<Tensor> {
+    if loss.elem_count() != 1 {
+        return Err(Error::ShapeMismatch {
+            name: "loss_fn",
+            expected: "a scalar loss (reduce the batch with .mean_all() or a candle_nn::loss)".into(),
+            got: loss.dims().to_vec(),
+        });
+    }
+    Ok(if loss.rank() == 0 {
+        loss
+    } else {
+        loss.reshape(())?
+    })
+}

@@ -1,0 +1,252 @@
+//! Target shift: smoothness of the model's outputs, `l(f(x + e), f(x))`, and its gradient-penalty form.
+//!
+//! Replacing `l(f(x + e), y)` by the upper bound `l(f(x + e), f(x)) + l(f(x), y)` (triangle or Jensen
+//! inequality) and integrating the noise out gives (eq. (7)-(8) of the seed article on generalisation)
+//!
+//! `E[l(f(x + e), f(x))] = sigma^2/2 * sum_i lambda_i ||grad_x f_i||^2 + O(sigma^3)`,
+//!
+//! with `lambda_i = 2` for the squared error and `lambda_i = 1/f_i` for `KL(f(x) || f(x + e))`. The sum
+//! over outputs costs one backward per output; eq. (9) replaces it by one backward of a random
+//! projection: `sum_i ||grad f_i||^2 = E_eta ||grad (eta . f)||^2` for `eta` with `E[eta eta^T] = I`
+//! (here Rademacher, eta_i in {-1, +1}).
+//!
+//! The weights `lambda_i` are folded in exactly by a transform `phi` with `phi'(f)^2 = lambda(f)`:
+//! `phi(f) = sqrt(2) f` for the squared error and `phi(f) = 2 sqrt(f)` for KL, so
+//! `sum_i lambda_i ||grad f_i||^2 = sum_i ||grad phi(f_i)||^2`, trainable through `lambda` too.
+//! All quantities are averaged over the batch, like the losses. Book chapter: "Target shift".
+
+use crate::error::{check_count, check_non_negative};
+use crate::step::{Passes, Step};
+use crate::target::Target;
+use crate::{Error, Result, Rng, second_order};
+use candle_core::{D, Tensor};
+
+/// The output divergence `l(f(x + e), f(x))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Divergence {
+    /// `||f(x + e) - f(x)||^2` (lambda = 2).
+    SquaredError,
+    /// `KL(f(x) || f(x + e))` for probability outputs (lambda_i = 1 / f_i).
+    KullbackLeibler,
+}
+
+impl Divergence {
+    /// `l(perturbed, reference)`: summed over outputs, averaged over the batch. Outputs are `(b, k)`.
+    pub fn loss(&self, perturbed: &Tensor, reference: &Tensor) -> Result<Tensor> {
+        Ok(self.per_example(perturbed, reference)?.mean_all()?)
+    }
+
+    /// `l(perturbed_b, reference_b)` for each example, `(b,)`; `reference` may be one row `(1, k)`.
+    pub fn per_example(&self, perturbed: &Tensor, reference: &Tensor) -> Result<Tensor> {
+        check_outputs(perturbed)?;
+        let (b, k) = perturbed.dims2()?;
+        if reference.dims() != [b, k] && reference.dims() != [1, k] {
+            return Err(Error::ShapeMismatch {
+                name: "reference",
+                expected: format!("({b}, {k}) or (1, {k})"),
+                got: reference.dims().to_vec(),
+            });
+        }
+        let per_output = match self {
+            Divergence::SquaredError => perturbed.broadcast_sub(reference)?.sqr()?,
+            Divergence::KullbackLeibler => {
+                let log_ratio = perturbed.log()?.broadcast_sub(&reference.log()?)?.neg()?;
+                log_ratio.broadcast_mul(reference)?
+            }
+        };
+        Ok(per_output.sum(D::Minus1)?)
+    }
+
+    /// `phi(f)` with `phi'(f)^2 = lambda(f)`.
+    pub fn transform(&self, outputs: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Divergence::SquaredError => (outputs * 2f64.sqrt())?,
+            Divergence::KullbackLeibler => (outputs.sqrt()? * 2.0)?,
+        })
+    }
+}
+
+fn check_outputs(outputs: &Tensor) -> Result<()> {
+    if outputs.rank() != 2 {
+        return Err(Error::ShapeMismatch {
+            name: "output_fn",
+            expected: "model outputs of shape (batch, outputs)".into(),
+            got: outputs.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn check_examples(target: &Target) -> Result<()> {
+    if !target.has_examples() {
+        return Err(Error::InvalidArgument {
+            name: "target",
+            reason: "target shift sums gradients per example, and a weight target has no examples".into(),
+            fix: "use Target::input or Target::embedding_output".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The model's outputs at the target's (differentiable) point, and the probe to differentiate against.
+fn outputs_at_point<G>(target: &Target, output_fn: &G) -> Result<(Tensor, Tensor)>
+where
+    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    check_examples(target)?;
+    let (point, probe) = target.probe_point()?;
+    let outputs = output_fn(&point)?;
+    check_outputs(&outputs)?;
+    Ok((outputs, probe))
+}
+
+/// `||grad_point s||^2` for a scalar `s`, keeping the graph when second order is on.
+fn squared_gradient(s: &Tensor, probe: &Tensor) -> Result<Tensor> {
+    let grads = s.backward()?;
+    let g = grads.get(probe).ok_or_else(|| Error::NoGradient {
+        target: "point (through output_fn)".into(),
+    })?;
+    Ok(g.sqr()?.sum_all()?)
+}
+
+fn sum_tensors(terms: impl Iterator<Item = Result<Tensor>>) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for term in terms {
+        let term = term?;
+        total = Some(match total {
+            None => term,
+            Some(acc) => (acc + term)?,
+        });
+    }
+    total.ok_or_else(|| Error::InvalidArgument {
+        name: "output_fn",
+        reason: "the model has no outputs".into(),
+        fix: "return outputs of shape (batch, k) with k >= 1".into(),
+    })
+}
+
+/// Exact sum from outputs: one backward per output.
+fn exact_from(phi: &Tensor, probe: &Tensor) -> Result<Tensor> {
+    let batch = phi.dim(0)? as f64;
+    let total = sum_tensors(
+        (0..phi.dim(1)?).map(|i| squared_gradient(&phi.narrow(1, i, 1)?.sum_all()?, probe)),
+    )?;
+    Ok((total / batch)?)
+}
+
+/// Mean of `n` random projections from outputs: one backward each.
+fn projected_from(phi: &Tensor, probe: &Tensor, n: usize, rng: &mut Rng) -> Result<Tensor> {
+    let batch = phi.dim(0)? as f64;
+    let total = sum_tensors((0..n).map(|_| {
+        let eta = rng.rademacher(phi.shape(), phi.dtype(), phi.device())?;
+        squared_gradient(&(phi * eta)?.sum_all()?, probe)
+    }))?;
+    Ok((total / (batch * n as f64))?)
+}
+
+/// Exact `mean_b sum_i lambda_i ||grad_x f_bi||^2`, one backward per output.
+pub fn sum_of_squared_gradients<G>(
+    target: &Target,
+    output_fn: &G,
+    divergence: Divergence,
+) -> Result<Tensor>
+where
+    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    let (outputs, probe) = outputs_at_point(target, output_fn)?;
+    exact_from(&divergence.transform(&outputs)?, &probe)
+}
+
+/// One sample of the random-projection estimator (eq. (9)): `mean_b ||grad_x (eta_b . phi(f_b))||^2`
+/// with Rademacher `eta`; one backward. Its expectation is [`sum_of_squared_gradients`].
+pub fn projected_sum_of_squared_gradients<G>(
+    target: &Target,
+    output_fn: &G,
+    divergence: Divergence,
+    rng: &mut Rng,
+) -> Result<Tensor>
+where
+    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    let (outputs, probe) = outputs_at_point(target, output_fn)?;
+    projected_from(&divergence.transform(&outputs)?, &probe, 1, rng)
+}
+
+/// The trainable target-shift regulariser `sigma^2/2 * sum_i lambda_i ||grad f_i||^2`.
+#[derive(Clone, Copy, Debug)]
+pub struct TargetShift {
+    sigma: f64,
+    divergence: Divergence,
+    /// `None`: exact sum over outputs; `Some(n)`: mean of n random projections.
+    projections: Option<usize>,
+}
+
+impl TargetShift {
+    /// Exact regulariser for noise scale `sigma`.
+    pub fn new(sigma: f64, divergence: Divergence) -> Result<Self> {
+        check_non_negative("sigma", sigma)?;
+        Ok(Self {
+            sigma,
+            divergence,
+            projections: None,
+        })
+    }
+
+    /// Estimate the sum with `n` random projections per step instead (eq. (9)).
+    pub fn with_projections(mut self, n: usize) -> Result<Self> {
+        check_count("projections", n)?;
+        self.projections = Some(n);
+        Ok(self)
+    }
+
+    /// The regulariser from outputs computed at the probe point; returns it and its backward count.
+    fn regulariser_from(&self, outputs: &Tensor, probe: &Tensor, rng: &mut Rng) -> Result<(Tensor, usize)> {
+        second_order::require("the target-shift regulariser")?;
+        let phi = self.divergence.transform(outputs)?;
+        let (sum, backwards) = match self.projections {
+            None => (exact_from(&phi, probe)?, phi.dim(1)?),
+            Some(n) => (projected_from(&phi, probe, n, rng)?, n),
+        };
+        Ok(((sum * (self.sigma * self.sigma / 2.0))?, backwards))
+    }
+
+    /// The regulariser's value, with its graph (needs second order on, to be trained through).
+    pub fn regulariser<G>(&self, target: &Target, output_fn: &G, rng: &mut Rng) -> Result<Tensor>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let (outputs, probe) = outputs_at_point(target, output_fn)?;
+        Ok(self.regulariser_from(&outputs, &probe, rng)?.0)
+    }
+
+    /// One training step on `loss_fn(f(x)) + regulariser`; `loss_fn` maps outputs to the task loss.
+    /// One forward pass serves both terms.
+    pub fn step<G, L>(
+        &self,
+        target: &Target,
+        output_fn: &G,
+        loss_fn: &L,
+        rng: &mut Rng,
+    ) -> Result<Step>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        L: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let (outputs, probe) = outputs_at_point(target, output_fn)?;
+        let (regulariser, backwards) = self.regulariser_from(&outputs, &probe, rng)?;
+        let clean = loss_fn(&outputs)?;
+        let objective = (&clean + &regulariser)?;
+        let mut grads = objective.backward()?;
+        grads.remove(&probe);
+        Ok(Step {
+            loss: objective.detach(),
+            clean_loss: clean.detach(),
+            grads,
+            passes: Passes {
+                forward: 1,
+                backward: backwards + 1,
+                double_backward: 1,
+            },
+        })
+    }
+}
