@@ -211,7 +211,9 @@ pub fn target_shift_matches_gradient_norms(divergence: Divergence) -> Result<Che
         Divergence::KullbackLeibler => "KL, lambda=1/f",
     };
     Ok(Check {
-        identity: format!("target shift: E[l(f(x+e),f(x))] = sigma^2/2 sum lambda|grad f|^2 [{name}]"),
+        identity: format!(
+            "target shift: E[l(f(x+e),f(x))] = sigma^2/2 sum lambda|grad f|^2 [{name}]"
+        ),
         left: format!("E[l]={:.4e}", shown.0),
         right: format!("sigma^2/2 sum={:.4e}", shown.1),
         measure: "order",
@@ -271,7 +273,10 @@ pub fn rademacher_variance_below_gaussian(probes: usize) -> Result<Check> {
     let theory = [2.0 * (frobenius - diagonal), 2.0 * frobenius];
     let mut measured = [0.0; 2];
     let mut within = true;
-    for (i, kind) in [ProbeKind::Rademacher, ProbeKind::Gaussian].iter().enumerate() {
+    for (i, kind) in [ProbeKind::Rademacher, ProbeKind::Gaussian]
+        .iter()
+        .enumerate()
+    {
         let mut rng = Rng::new(17 + i as u64);
         let estimate = laplacian::hutchinson(
             &problem.target,
@@ -399,7 +404,10 @@ pub fn penalty_finite_difference_converges(setup: Setup) -> Result<Check> {
     }
     let fit = fit_order(&steps, &errors)?;
     Ok(Check {
-        identity: format!("GP: finite-difference grad = double backward [{}]", setup.name()),
+        identity: format!(
+            "GP: finite-difference grad = double backward [{}]",
+            setup.name()
+        ),
         left: format!("|fd|={shown:.6}"),
         right: format!("|exact|={:.6}", l2_norm(&exact)?),
         measure: "order",
@@ -440,7 +448,11 @@ pub fn matrix_with_spectrum(
 /// estimate) recovers the largest singular value of matrices with known spectra.
 pub fn spectral_norm_recovers_known_spectrum() -> Result<Check> {
     let mut rng = Rng::new(31);
-    let spectra: [&[f64]; 3] = [&[3.0, 2.0, 1.5, 1.0, 0.5, 0.1], &[10.0, 1.0, 1.0], &[0.7, 0.3]];
+    let spectra: [&[f64]; 3] = [
+        &[3.0, 2.0, 1.5, 1.0, 0.5, 0.1],
+        &[10.0, 1.0, 1.0],
+        &[0.7, 0.3],
+    ];
     let mut worst: f64 = 0.0;
     let mut shown = (0.0, 0.0);
     for spectrum in spectra {
@@ -478,15 +490,21 @@ pub fn spectral_norm_gradient_is_outer_product() -> Result<Check> {
     }
     let var = Var::from_tensor(&w)?;
     let sigma = state.sigma(var.as_tensor(), false)?;
-    let autodiff = sigma.backward()?.get(var.as_tensor()).cloned().ok_or(crate::Error::NoGradient {
-        target: "weight".into(),
-    })?;
+    let autodiff =
+        sigma
+            .backward()?
+            .get(var.as_tensor())
+            .cloned()
+            .ok_or(crate::Error::NoGradient {
+                target: "weight".into(),
+            })?;
     let (u, v) = state.vectors();
     let outer = u.matmul(&v.t()?)?;
     let fd = crate::verify::finite_difference_gradient(
         |w| {
             Tensor::new(
-                spectral_norm::spectral_norm(w, 1e-14, 100_000).map_err(candle_core::Error::from)?,
+                spectral_norm::spectral_norm(w, 1e-14, 100_000)
+                    .map_err(candle_core::Error::from)?,
                 &Device::Cpu,
             )
         },
@@ -513,7 +531,10 @@ pub fn lipschitz_bound_holds(pairs: usize) -> Result<Check> {
     let mut rng = Rng::new(43);
     let x = rng.normal((pairs, 6), DType::F64, &device)?;
     let y = (&x + (rng.normal((pairs, 6), DType::F64, &device)? * 0.1)?)?;
-    let out = (model.forward(&x)? - model.forward(&y)?)?.sqr()?.sum(1)?.sqrt()?;
+    let out = (model.forward(&x)? - model.forward(&y)?)?
+        .sqr()?
+        .sum(1)?
+        .sqrt()?;
     let inp = (&x - &y)?.sqr()?.sum(1)?.sqrt()?;
     let ratios: Vec<f64> = (out / inp)?.to_vec1()?;
     let worst = ratios.iter().cloned().fold(0.0, f64::max);
@@ -531,7 +552,11 @@ pub fn lipschitz_bound_holds(pairs: usize) -> Result<Check> {
 /// Every check, in the book's order.
 pub fn all() -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for setup in [Setup::MlpInput, Setup::EmbeddingOutput, Setup::EmbeddingMatrix] {
+    for setup in [
+        Setup::MlpInput,
+        Setup::EmbeddingOutput,
+        Setup::EmbeddingMatrix,
+    ] {
         let l2 = if setup == Setup::EmbeddingMatrix {
             StepNorm::L2(Scope::PerBatch)
         } else {

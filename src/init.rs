@@ -50,9 +50,10 @@ impl SeededVarMap {
         let mut rng = self.rng.lock().expect("rng lock poisoned");
         match init {
             Init::Const(c) => Ok((Tensor::ones(shape, dtype, device)? * c)?),
-            Init::Randn { mean, stdev } => {
-                Ok(rng.normal(shape, DType::F64, device)?.affine(stdev, mean)?.to_dtype(dtype)?)
-            }
+            Init::Randn { mean, stdev } => Ok(rng
+                .normal(shape, DType::F64, device)?
+                .affine(stdev, mean)?
+                .to_dtype(dtype)?),
             Init::Uniform { lo, up } => rng.uniform(lo, up, shape, dtype, device),
             Init::Kaiming {
                 dist,
@@ -92,7 +93,7 @@ impl SimpleBackend for SeededVarMap {
                     s
                 );
             }
-            return Ok(t.to_dtype(dtype)?);
+            return t.to_dtype(dtype);
         }
         let var = Var::from_tensor(&self.draw(&s, h, dtype, dev)?)?;
         let tensor = var.as_tensor().clone();
@@ -104,7 +105,12 @@ impl SimpleBackend for SeededVarMap {
         Ok(tensor)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.varmap.data().lock().unwrap().get(name) {
             Some(v) => v.as_tensor().to_dtype(dtype),
             None => candle_core::bail!("no variable named `{name}` in the SeededVarMap"),

@@ -145,7 +145,9 @@ where
     if n > 4096 {
         return Err(Error::InvalidArgument {
             name: "target",
-            reason: format!("the exact Hessian needs one backward pass per entry, and the point has {n}"),
+            reason: format!(
+                "the exact Hessian needs one backward pass per entry, and the point has {n}"
+            ),
             fix: "use hutchinson() for points with more than 4096 entries".into(),
         });
     }

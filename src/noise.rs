@@ -117,7 +117,7 @@ where
                 fix: "use Noise::Gaussian, or antithetic = false".into(),
             });
         }
-        if k % 2 != 0 {
+        if !k.is_multiple_of(2) {
             return Err(Error::InvalidArgument {
                 name: "k",
                 reason: format!("antithetic sampling draws pairs, so k must be even, got {k}"),
@@ -177,7 +177,13 @@ fn check_labels(labels: &Tensor, classes: usize, alpha: f64) -> Result<Vec<u32>>
     Ok(values)
 }
 
-fn rows(values: Vec<f64>, batch: usize, classes: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+fn rows(
+    values: Vec<f64>,
+    batch: usize,
+    classes: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, (batch, classes), device)?.to_dtype(dtype)?)
 }
 

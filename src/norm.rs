@@ -12,7 +12,7 @@
 //! | `Sign`        | `sign(g)`        | `||g||_1`      |
 //!
 //! Both functions are zero-safe: a zero gradient gives a zero direction and a zero penalty with a zero
-//! (not NaN) derivative.
+//! (not NaN) derivative, and `direction(g) = dP/dg` holds exactly, zero entries included.
 
 use crate::Result;
 use crate::target::Target;
@@ -75,7 +75,9 @@ impl StepNorm {
         target.check_delta(g)?;
         Ok(match self {
             StepNorm::Raw => (g.sqr()?.sum_all()? * 0.5)?,
-            StepNorm::Sign => g.abs()?.sum_all()?,
+            // |g| as g * sign(g) with the sign held constant: derivative sign(g), 0 at g = 0 (candle's
+            // own `abs` backward gives +1 there, which would break the duality with the sign step).
+            StepNorm::Sign => (g * g.sign()?.detach())?.sum_all()?,
             StepNorm::L2(scope) => safe_sqrt(&self.squared_norms(target, g, *scope)?)?.sum_all()?,
         })
     }

@@ -54,7 +54,12 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)?)
+        Ok(layer_norm(
+            x,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+        )?)
     }
 }
 

@@ -103,7 +103,11 @@ impl Rng {
             });
         }
         self.tensor_from(&shape.into(), dtype, device, |r| {
-            if r.inner.random::<f64>() < p { 1.0 } else { 0.0 }
+            if r.inner.random::<f64>() < p {
+                1.0
+            } else {
+                0.0
+            }
         })
     }
 }

@@ -121,7 +121,10 @@ pub fn spectral_norm(weight: &Tensor, tol: f64, max_iterations: usize) -> Result
     check_count("max_iterations", max_iterations)?;
     let w = as_matrix(weight)?.detach().to_dtype(DType::F64)?;
     let cols = w.dim(1)?;
-    let mut v = normalize(&Tensor::ones((cols, 1), DType::F64, w.device())?, DEFAULT_EPS)?;
+    let mut v = normalize(
+        &Tensor::ones((cols, 1), DType::F64, w.device())?,
+        DEFAULT_EPS,
+    )?;
     let mut previous = 0.0f64;
     for _ in 0..max_iterations {
         let wv = w.matmul(&v)?;

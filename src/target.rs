@@ -316,7 +316,10 @@ impl Target {
         if !self.has_examples() {
             return Err(Error::InvalidArgument {
                 name: "scope",
-                reason: format!("a {} is shared by the whole batch and has no examples", self.kind),
+                reason: format!(
+                    "a {} is shared by the whole batch and has no examples",
+                    self.kind
+                ),
                 fix: "use Scope::PerBatch for weight and embedding-matrix targets".into(),
             });
         }
@@ -332,7 +335,8 @@ fn scalar_loss(loss: Tensor) -> Result<Tensor> {
     if loss.elem_count() != 1 {
         return Err(Error::ShapeMismatch {
             name: "loss_fn",
-            expected: "a scalar loss (reduce the batch with .mean_all() or a candle_nn::loss)".into(),
+            expected: "a scalar loss (reduce the batch with .mean_all() or a candle_nn::loss)"
+                .into(),
             got: loss.dims().to_vec(),
         });
     }

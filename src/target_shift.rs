@@ -81,7 +81,8 @@ fn check_examples(target: &Target) -> Result<()> {
     if !target.has_examples() {
         return Err(Error::InvalidArgument {
             name: "target",
-            reason: "target shift sums gradients per example, and a weight target has no examples".into(),
+            reason: "target shift sums gradients per example, and a weight target has no examples"
+                .into(),
             fix: "use Target::input or Target::embedding_output".into(),
         });
     }
@@ -200,7 +201,12 @@ impl TargetShift {
     }
 
     /// The regulariser from outputs computed at the probe point; returns it and its backward count.
-    fn regulariser_from(&self, outputs: &Tensor, probe: &Tensor, rng: &mut Rng) -> Result<(Tensor, usize)> {
+    fn regulariser_from(
+        &self,
+        outputs: &Tensor,
+        probe: &Tensor,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, usize)> {
         second_order::require("the target-shift regulariser")?;
         let phi = self.divergence.transform(outputs)?;
         let (sum, backwards) = match self.projections {

@@ -244,7 +244,8 @@ impl EmbeddingClassifier {
         }
         Ok(TokenBatch {
             ids: Tensor::from_vec(ids, (batch, tokens), device)?,
-            mask: Tensor::from_vec(mask, (batch, tokens), device)?.to_dtype(self.embedding.dtype())?,
+            mask: Tensor::from_vec(mask, (batch, tokens), device)?
+                .to_dtype(self.embedding.dtype())?,
             labels: Tensor::from_vec(labels, batch, device)?,
         })
     }
@@ -289,6 +290,9 @@ impl Setup {
     }
 }
 
+/// A boxed loss closure: the (perturbed) point to a scalar loss.
+pub type BoxedLoss = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+
 /// A loss closure over a target, with the model's weights.
 pub struct Problem {
     /// Every weight of the model, in a fixed order.
@@ -296,7 +300,7 @@ pub struct Problem {
     /// What is perturbed.
     pub target: Target,
     /// The loss as a function of the (perturbed) point.
-    pub loss: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>,
+    pub loss: BoxedLoss,
 }
 
 use crate::target::Target;
@@ -320,7 +324,8 @@ pub fn problem(setup: Setup, seed: u64) -> Result<Problem> {
             let batch = model.batch(4, 6, 3, &mut rng)?;
             let vars = model.vars();
             if setup == Setup::EmbeddingOutput {
-                let target = Target::embedding_output(&model.embed(&batch.ids)?, Some(&batch.mask))?;
+                let target =
+                    Target::embedding_output(&model.embed(&batch.ids)?, Some(&batch.mask))?;
                 Ok(Problem {
                     vars,
                     target,

@@ -76,9 +76,12 @@ where
 {
     let var = Var::from_tensor(x)?;
     let grads = f(var.as_tensor())?.backward()?;
-    grads.get(var.as_tensor()).cloned().ok_or(Error::NoGradient {
-        target: "input of the checked function".into(),
-    })
+    grads
+        .get(var.as_tensor())
+        .cloned()
+        .ok_or(Error::NoGradient {
+            target: "input of the checked function".into(),
+        })
 }
 
 /// The outcome of comparing an autodiff derivative with a finite-difference one.
@@ -152,7 +155,9 @@ pub fn fit_order(steps: &[f64], errors: &[f64]) -> Result<OrderFit> {
     {
         return Err(Error::InvalidArgument {
             name: "errors",
-            reason: format!("every step and error must be finite and > 0 for a log-log fit, got {bad}"),
+            reason: format!(
+                "every step and error must be finite and > 0 for a log-log fit, got {bad}"
+            ),
             fix: "drop step sizes where the error is exactly zero or not finite".into(),
         });
     }
@@ -166,7 +171,11 @@ pub fn fit_order(steps: &[f64], errors: &[f64]) -> Result<OrderFit> {
     let syy: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
     let slope = sxy / sxx;
     let intercept = my - slope * mx;
-    let r_squared = if syy == 0.0 { 1.0 } else { sxy * sxy / (sxx * syy) };
+    let r_squared = if syy == 0.0 {
+        1.0
+    } else {
+        sxy * sxy / (sxx * syy)
+    };
     Ok(OrderFit {
         slope,
         intercept,
