@@ -96,13 +96,13 @@ fn ops() -> Vec<(&'static str, Op, f64)> {
         ),
         (
             "L1 penalty (sign-held abs)",
-            Box::new(move |g: &Tensor| Ok((StepNorm::Sign.penalty(&t2, g)? * 1.0)?)),
+            Box::new(move |g: &Tensor| Ok(StepNorm::Sign.penalty(&t2, g)?)),
             1e-8,
         ),
         (
             "raw penalty",
             Box::new(move |g: &Tensor| {
-                Ok((StepNorm::Raw.penalty(&t3, &g.tanh()?)? + (g * &mix8)?.sum_all()?)?)
+                StepNorm::Raw.penalty(&t3, &g.tanh()?)? + (g * &mix8)?.sum_all()?
             }),
             1e-8,
         ),

@@ -106,7 +106,7 @@ fn kl_weights_are_one_over_the_probabilities() {
                 .get(var.as_tensor())
                 .unwrap()
                 .clone();
-            by_hand += probs[b][i]
+            by_hand += p_bi
                 * g.sqr()
                     .unwrap()
                     .sum_all()
