@@ -15,7 +15,7 @@
 
 use crate::error::{check_non_negative, check_positive};
 use crate::norm::StepNorm;
-use crate::step::{Passes, Step};
+use crate::step::{Passes, Step, detach_all};
 use crate::target::Target;
 use crate::{Result, second_order};
 use candle_core::Tensor;
@@ -90,11 +90,15 @@ impl GradientPenalty {
         let clean = target.loss_and_gradient(loss_fn)?;
         target.check_gradient_value(&clean.gradient, self.allow_zero_gradient)?;
         let clean_loss = clean.loss.detach();
+        // The weights' gradients are needed as values only; the penalty keeps its own graph.
         let mut grads = clean.grads;
+        detach_all(&mut grads);
         let (penalty, passes) = match self.method {
             PenaltyMethod::DoubleBackward => {
                 let penalty = self.penalty(target, &clean.gradient)?;
-                grads.extend(penalty.backward()?)?;
+                let mut penalty_grads = penalty.backward()?;
+                detach_all(&mut penalty_grads);
+                grads.extend(penalty_grads)?;
                 let passes = Passes {
                     forward: 1,
                     backward: 2,
@@ -108,7 +112,9 @@ impl GradientPenalty {
                 let plus = target.loss_at(loss_fn, &(&d * h)?)?;
                 let minus = target.loss_at(loss_fn, &(&d * -h)?)?;
                 let difference = ((plus - minus)? * (self.eps / (2.0 * h)))?;
-                grads.extend(difference.backward()?)?;
+                let mut difference_grads = difference.backward()?;
+                detach_all(&mut difference_grads);
+                grads.extend(difference_grads)?;
                 let passes = Passes {
                     forward: 3,
                     backward: 3,

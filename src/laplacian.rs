@@ -16,7 +16,7 @@
 //! Book chapter: "Noise".
 
 use crate::error::{check_count, check_non_negative, check_positive};
-use crate::step::{Passes, Step};
+use crate::step::{Passes, Step, detach_all};
 use crate::target::{PointGradient, Target};
 use crate::verify::{Estimate, scalar};
 use crate::{Error, Result, Rng, second_order};
@@ -288,7 +288,10 @@ impl Laplacian {
                 let regulariser = (total_curvature.expect("probes >= 1") * weight)?;
                 let clean_loss = point_gradient.loss.detach();
                 let mut grads = point_gradient.grads;
-                grads.extend(regulariser.backward()?)?;
+                detach_all(&mut grads);
+                let mut regulariser_grads = regulariser.backward()?;
+                detach_all(&mut regulariser_grads);
+                grads.extend(regulariser_grads)?;
                 Ok(Step {
                     loss: (&clean_loss + regulariser.detach())?,
                     clean_loss,
@@ -308,7 +311,8 @@ impl Laplacian {
                     let q = second_difference(target, loss_fn, &clean, &v, h)?;
                     objective = (objective + (q * weight)?)?;
                 }
-                let grads = objective.backward()?;
+                let mut grads = objective.backward()?;
+                detach_all(&mut grads);
                 Ok(Step {
                     loss: objective.detach(),
                     clean_loss: clean.detach(),

@@ -29,3 +29,16 @@ pub struct Step {
     /// The passes this step cost.
     pub passes: Passes,
 }
+
+/// Detaches every gradient in `grads`. First-order methods call it as soon as a backward pass returns:
+/// with second order on, candle keeps each gradient's graph (and every intermediate tensor it
+/// references) alive until the store is dropped, which a first-order step never needs.
+pub fn detach_all(grads: &mut GradStore) {
+    let ids: Vec<_> = grads.get_ids().copied().collect();
+    for id in ids {
+        if let Some(g) = grads.get_id(id) {
+            let detached = g.detach();
+            grads.insert_id(id, detached);
+        }
+    }
+}

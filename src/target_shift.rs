@@ -16,7 +16,7 @@
 //! All quantities are averaged over the batch, like the losses. Book chapter: "Target shift".
 
 use crate::error::{check_count, check_non_negative};
-use crate::step::{Passes, Step};
+use crate::step::{Passes, Step, detach_all};
 use crate::target::Target;
 use crate::{Error, Result, Rng, second_order};
 use candle_core::{D, Tensor};
@@ -244,6 +244,7 @@ impl TargetShift {
         let objective = (&clean + &regulariser)?;
         let mut grads = objective.backward()?;
         grads.remove(&probe);
+        detach_all(&mut grads);
         Ok(Step {
             loss: objective.detach(),
             clean_loss: clean.detach(),
