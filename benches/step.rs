@@ -1,15 +1,18 @@
 //! One training step: plain vs FGM vs gradient penalty vs Hutchinson (1 probe, trained through), on an
 //! MLP (512-512-512-10, GELU, batch 256) and a small embedding model (vocab 5000, width 128, 32 tokens,
-//! batch 32), f32 on the CPU. Run with `cargo bench --bench step`; after criterion's own report it
-//! prints each method's median time as a ratio to the plain step of the same model, measured in the
-//! same run. Second order is on (as `.cargo/config.toml` sets it), as gradient penalty needs.
+//! batch 32), f32 on the CPU. Run with `cargo bench --bench step`.
+//!
+//! Criterion first reports each method's time distribution. Then, because a shared machine drifts over
+//! the minutes criterion takes, the ratios to the plain step come from a second phase that alternates
+//! the methods within each round (rotating the order) and takes medians over rounds. Second order is on
+//! (as `.cargo/config.toml` sets it), as gradient penalty needs.
 
 use advtrain::toy::{Activation, EmbeddingClassifier, Mlp, classification_batch};
 use advtrain::{CurvatureMethod, Fgm, GradientPenalty, Laplacian, PenaltyMethod, Rng, Target};
 use candle_core::{DType, Device, Tensor};
 use criterion::Criterion;
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const METHODS: [&str; 6] = [
     "plain",
@@ -117,34 +120,63 @@ fn embedding(c: &mut Criterion) {
     group.finish();
 }
 
-/// Median of a finished benchmark, read from criterion's report (nanoseconds).
-fn median_ns(group: &str, method: &str) -> Option<f64> {
-    let root = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{root}/criterion/{group}/{method}/new/estimates.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
-fn print_ratios() {
-    println!("\nstep time as a ratio to the plain step (medians, this run)");
-    println!(
-        "{:<22} {:>14} {:>9} {:>14} {:>9}",
-        "method", "mlp ms", "ratio", "embedding ms", "ratio"
-    );
-    let plain: Vec<Option<f64>> = ["mlp", "embedding"]
-        .iter()
-        .map(|g| median_ns(g, "plain"))
-        .collect();
+/// Medians (ms) of `rounds` interleaved single steps of every method, in METHODS order.
+fn interleaved(rounds: usize, mut step: impl FnMut(&str)) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(rounds); METHODS.len()];
     for method in METHODS {
-        let mut row = format!("{method:<22}");
-        for (i, group) in ["mlp", "embedding"].iter().enumerate() {
-            match (median_ns(group, method), plain[i]) {
-                (Some(t), Some(p)) => row.push_str(&format!(" {:>14.2} {:>8.2}x", t / 1e6, t / p)),
-                _ => row.push_str(&format!(" {:>14} {:>9}", "-", "-")),
-            }
+        step(method); // warm-up
+    }
+    for round in 0..rounds {
+        for k in 0..METHODS.len() {
+            let i = (k + round) % METHODS.len();
+            let started = Instant::now();
+            step(METHODS[i]);
+            times[i].push(started.elapsed().as_secs_f64() * 1e3);
         }
-        println!("{row}");
+    }
+    times.into_iter().map(median).collect()
+}
+
+fn print_ratios(rounds: usize) {
+    let device = Device::Cpu;
+    let mlp = Mlp::new(
+        &[512, 512, 512, 10],
+        Activation::GeluErf,
+        1,
+        DType::F32,
+        &device,
+    )
+    .unwrap();
+    let mut rng = Rng::new(2);
+    let (x, y) = classification_batch(256, 512, 10, DType::F32, &device, &mut rng).unwrap();
+    let mlp_loss = |x: &Tensor| mlp.loss(x, &y);
+    let mlp_ms = interleaved(rounds, |m| {
+        run_method(m, &Target::input(&x).unwrap(), &mlp_loss, &mut rng)
+    });
+    let model = EmbeddingClassifier::new(5000, 128, 4, 3, DType::F32, &device).unwrap();
+    let batch = model.batch(32, 32, 4, &mut rng).unwrap();
+    let loss = |e: &Tensor| model.loss_from_embeddings(e, &batch.mask, &batch.labels);
+    let embedding_ms = interleaved(rounds, |m| {
+        let e = model.embed(&batch.ids).unwrap();
+        let target = Target::embedding_output(&e, Some(&batch.mask)).unwrap();
+        run_method(m, &target, &loss, &mut rng)
+    });
+    println!("\nstep time as a ratio to the plain step: medians of {rounds} interleaved rounds");
+    println!("| method | MLP ms | MLP ratio | embedding ms | embedding ratio |");
+    println!("|---|---|---|---|---|");
+    for (i, method) in METHODS.iter().enumerate() {
+        println!(
+            "| {method} | {:.2} | {:.2}x | {:.2} | {:.2}x |",
+            mlp_ms[i],
+            mlp_ms[i] / mlp_ms[0],
+            embedding_ms[i],
+            embedding_ms[i] / embedding_ms[0]
+        );
     }
 }
 
@@ -153,5 +185,5 @@ fn main() {
     mlp(&mut criterion);
     embedding(&mut criterion);
     criterion.final_summary();
-    print_ratios();
+    print_ratios(25);
 }

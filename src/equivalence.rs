@@ -343,6 +343,13 @@ pub fn finite_difference_steps() -> Vec<f64> {
     log_spaced(1e-3, 1e-1, 6)
 }
 
+/// The steps of the curvature check. The step along the probe is `h v` with `||v|| ~ sqrt(48) ~ 6`:
+/// beyond h = 3e-2 the Taylor series is no longer in its O(h^2) regime, below 3e-4 rounding (~1e-16 L
+/// / h^2) takes over.
+pub fn curvature_steps() -> Vec<f64> {
+    log_spaced(3e-4, 3e-2, 5)
+}
+
 /// Curvature `v^T H v`: the second difference of losses converges to the double-backward value as
 /// O(h^2).
 pub fn curvature_finite_difference_converges() -> Result<Check> {
@@ -355,7 +362,7 @@ pub fn curvature_finite_difference_converges() -> Result<Check> {
         &v,
         CurvatureMethod::DoubleBackward,
     )?)?;
-    let steps = finite_difference_steps();
+    let steps = curvature_steps();
     let mut errors = Vec::new();
     let mut shown = 0.0;
     for &h in &steps {
@@ -583,6 +590,34 @@ pub fn all() -> Result<Vec<Check>> {
     Ok(checks)
 }
 
+fn format_measured(value: f64) -> String {
+    if value != 0.0 && value.abs() < 1e-3 {
+        format!("{value:.2e}")
+    } else {
+        format!("{value:.4}")
+    }
+}
+
+/// The checks as a Markdown table (for the README and the book).
+pub fn markdown_table(checks: &[Check]) -> String {
+    let mut out = String::from(
+        "| identity | left | right | measure | measured | expected | result |\n|---|---|---|---|---|---|---|\n",
+    );
+    for c in checks {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            c.identity.replace('|', "\\|"),
+            c.left.replace('|', "\\|"),
+            c.right.replace('|', "\\|"),
+            c.measure,
+            format_measured(c.measured),
+            c.expected.replace('|', "\\|"),
+            if c.pass { "pass" } else { "FAIL" }
+        ));
+    }
+    out
+}
+
 /// The checks as a plain-text table.
 pub fn table(checks: &[Check]) -> String {
     let mut out = format!(
@@ -591,12 +626,12 @@ pub fn table(checks: &[Check]) -> String {
     );
     for c in checks {
         out.push_str(&format!(
-            "{:<78} {:<28} {:<30} {:>11} {:>10.4} {:<20} {}\n",
+            "{:<78} {:<28} {:<30} {:>11} {:>10} {:<20} {}\n",
             c.identity,
             c.left,
             c.right,
             c.measure,
-            c.measured,
+            format_measured(c.measured),
             c.expected,
             if c.pass { "pass" } else { "FAIL" }
         ));

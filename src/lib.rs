@@ -51,6 +51,11 @@
 //! # }
 //! ```
 
+// The README's example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 pub mod equivalence;
 pub mod error;
 pub mod fgm;

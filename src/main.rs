@@ -1,5 +1,5 @@
-//! `cargo run --release`: verify every equivalence of the book on small models and print a table.
-//! Exits with status 1 if any check fails.
+//! `cargo run --release`: verify every equivalence of the book on small models and print a table
+//! (`-- --markdown` prints it as Markdown). Exits with status 1 if any check fails.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,7 +12,12 @@ fn main() -> ExitCode {
     println!("advtrain: verifying every equivalence (f64, CPU, fixed seeds)\n");
     match advtrain::equivalence::all() {
         Ok(checks) => {
-            print!("{}", advtrain::equivalence::table(&checks));
+            let markdown = std::env::args().any(|a| a == "--markdown");
+            if markdown {
+                print!("{}", advtrain::equivalence::markdown_table(&checks));
+            } else {
+                print!("{}", advtrain::equivalence::table(&checks));
+            }
             let failed = checks.iter().filter(|c| !c.pass).count();
             println!(
                 "\n{} of {} checks pass ({:.1} s)",
