@@ -7,7 +7,7 @@
 //! the methods within each round (rotating the order) and takes medians over rounds. Second order is on
 //! (as `.cargo/config.toml` sets it), as gradient penalty needs.
 
-use advtrain::toy::{Activation, EmbeddingClassifier, Mlp, classification_batch};
+use advtrain::toy::{Activation, EmbeddingClassifier, Mlp, TokenBatch, classification_batch};
 use advtrain::{CurvatureMethod, Fgm, GradientPenalty, Laplacian, PenaltyMethod, Rng, Target};
 use candle_core::{DType, Device, Tensor};
 use criterion::Criterion;
@@ -67,57 +67,76 @@ where
     black_box(grads);
 }
 
-fn configure<'a>(
-    c: &'a mut Criterion,
-    group: &str,
-) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(group);
-    g.sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    g
+/// The two benchmarked models with their batches, built once.
+struct Models {
+    mlp: Mlp,
+    x: Tensor,
+    y: Tensor,
+    embedding: EmbeddingClassifier,
+    batch: TokenBatch,
 }
 
-fn mlp(c: &mut Criterion) {
-    let device = Device::Cpu;
-    let model = Mlp::new(
-        &[512, 512, 512, 10],
-        Activation::GeluErf,
-        1,
-        DType::F32,
-        &device,
-    )
-    .unwrap();
-    let mut rng = Rng::new(2);
-    let (x, y) = classification_batch(256, 512, 10, DType::F32, &device, &mut rng).unwrap();
-    let loss = |x: &Tensor| model.loss(x, &y);
-    let mut group = configure(c, "mlp");
-    for method in METHODS {
-        group.bench_function(method, |b| {
-            b.iter(|| run_method(method, &Target::input(&x).unwrap(), &loss, &mut rng))
-        });
+impl Models {
+    fn new() -> Self {
+        let device = Device::Cpu;
+        let mut rng = Rng::new(2);
+        let mlp = Mlp::new(
+            &[512, 512, 512, 10],
+            Activation::GeluErf,
+            1,
+            DType::F32,
+            &device,
+        )
+        .unwrap();
+        let (x, y) = classification_batch(256, 512, 10, DType::F32, &device, &mut rng).unwrap();
+        let embedding = EmbeddingClassifier::new(5000, 128, 4, 3, DType::F32, &device).unwrap();
+        let batch = embedding.batch(32, 32, 4, &mut rng).unwrap();
+        Self {
+            mlp,
+            x,
+            y,
+            embedding,
+            batch,
+        }
     }
-    group.finish();
+
+    /// One step of `method` on the MLP, perturbing its input.
+    fn mlp_step(&self, method: &str, rng: &mut Rng) {
+        let loss = |x: &Tensor| self.mlp.loss(x, &self.y);
+        run_method(method, &Target::input(&self.x).unwrap(), &loss, rng)
+    }
+
+    /// One step of `method` on the embedding model, perturbing the embedding output; the lookup is
+    /// part of every step.
+    fn embedding_step(&self, method: &str, rng: &mut Rng) {
+        let (model, batch) = (&self.embedding, &self.batch);
+        let loss = |e: &Tensor| model.loss_from_embeddings(e, &batch.mask, &batch.labels);
+        let e = model.embed(&batch.ids).unwrap();
+        let target = Target::embedding_output(&e, Some(&batch.mask)).unwrap();
+        run_method(method, &target, &loss, rng)
+    }
 }
 
-fn embedding(c: &mut Criterion) {
-    let device = Device::Cpu;
-    let model = EmbeddingClassifier::new(5000, 128, 4, 3, DType::F32, &device).unwrap();
-    let mut rng = Rng::new(4);
-    let batch = model.batch(32, 32, 4, &mut rng).unwrap();
-    let loss = |e: &Tensor| model.loss_from_embeddings(e, &batch.mask, &batch.labels);
-    let mut group = configure(c, "embedding");
-    for method in METHODS {
-        group.bench_function(method, |b| {
-            b.iter(|| {
-                // The embedding lookup is part of every step.
-                let e = model.embed(&batch.ids).unwrap();
-                let target = Target::embedding_output(&e, Some(&batch.mask)).unwrap();
-                run_method(method, &target, &loss, &mut rng)
-            })
-        });
+type StepFn = fn(&Models, &str, &mut Rng);
+
+const GROUPS: [(&str, StepFn); 2] = [
+    ("mlp", Models::mlp_step),
+    ("embedding", Models::embedding_step),
+];
+
+fn criterion_groups(c: &mut Criterion, models: &Models) {
+    let mut rng = Rng::new(3);
+    for (name, step) in GROUPS {
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(4));
+        for method in METHODS {
+            group.bench_function(method, |b| b.iter(|| step(models, method, &mut rng)));
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -142,48 +161,30 @@ fn interleaved(rounds: usize, mut step: impl FnMut(&str)) -> Vec<f64> {
     times.into_iter().map(median).collect()
 }
 
-fn print_ratios(rounds: usize) {
-    let device = Device::Cpu;
-    let mlp = Mlp::new(
-        &[512, 512, 512, 10],
-        Activation::GeluErf,
-        1,
-        DType::F32,
-        &device,
-    )
-    .unwrap();
-    let mut rng = Rng::new(2);
-    let (x, y) = classification_batch(256, 512, 10, DType::F32, &device, &mut rng).unwrap();
-    let mlp_loss = |x: &Tensor| mlp.loss(x, &y);
-    let mlp_ms = interleaved(rounds, |m| {
-        run_method(m, &Target::input(&x).unwrap(), &mlp_loss, &mut rng)
-    });
-    let model = EmbeddingClassifier::new(5000, 128, 4, 3, DType::F32, &device).unwrap();
-    let batch = model.batch(32, 32, 4, &mut rng).unwrap();
-    let loss = |e: &Tensor| model.loss_from_embeddings(e, &batch.mask, &batch.labels);
-    let embedding_ms = interleaved(rounds, |m| {
-        let e = model.embed(&batch.ids).unwrap();
-        let target = Target::embedding_output(&e, Some(&batch.mask)).unwrap();
-        run_method(m, &target, &loss, &mut rng)
-    });
+fn print_ratios(models: &Models, rounds: usize) {
+    let mut rng = Rng::new(5);
+    let ms: Vec<Vec<f64>> = GROUPS
+        .iter()
+        .map(|(_, step)| interleaved(rounds, |m| step(models, m, &mut rng)))
+        .collect();
     println!("\nstep time as a ratio to the plain step: medians of {rounds} interleaved rounds");
     println!("| method | MLP ms | MLP ratio | embedding ms | embedding ratio |");
     println!("|---|---|---|---|---|");
     for (i, method) in METHODS.iter().enumerate() {
         println!(
             "| {method} | {:.2} | {:.2}x | {:.2} | {:.2}x |",
-            mlp_ms[i],
-            mlp_ms[i] / mlp_ms[0],
-            embedding_ms[i],
-            embedding_ms[i] / embedding_ms[0]
+            ms[0][i],
+            ms[0][i] / ms[0][0],
+            ms[1][i],
+            ms[1][i] / ms[1][0]
         );
     }
 }
 
 fn main() {
+    let models = Models::new();
     let mut criterion = Criterion::default().configure_from_args();
-    mlp(&mut criterion);
-    embedding(&mut criterion);
+    criterion_groups(&mut criterion, &models);
     criterion.final_summary();
-    print_ratios(25);
+    print_ratios(&models, 25);
 }

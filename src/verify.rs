@@ -288,3 +288,54 @@ pub fn flat_gradient(
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)
 }
+
+/// Checks the weight gradients in `grads` against central differences of `objective` (a scalar of the
+/// current weights) over up to `per_var` entries spread over each of `vars`, each moved by `h` and put
+/// back. Weights are changed in place with `Var::set`, so `objective` must read the same variables.
+/// The returned norm is that of the autodiff entries compared.
+pub fn weight_gradcheck<F>(
+    vars: &[Var],
+    grads: &candle_core::backprop::GradStore,
+    objective: F,
+    per_var: usize,
+    h: f64,
+) -> Result<GradCheck>
+where
+    F: Fn() -> Result<f64>,
+{
+    crate::error::check_positive("h", h)?;
+    crate::error::check_count("per_var", per_var)?;
+    let (mut autodiff, mut fd) = (Vec::new(), Vec::new());
+    for var in vars {
+        let base: Vec<f64> = var.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let grad: Vec<f64> = match grads.get(var.as_tensor()) {
+            Some(g) => g.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
+            None => vec![0.0; base.len()],
+        };
+        let set = |i: usize, delta: f64| -> Result<()> {
+            let mut values = base.clone();
+            values[i] += delta;
+            let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+            Ok(var.set(&t)?)
+        };
+        for i in (0..base.len())
+            .step_by((base.len() / per_var).max(1))
+            .take(per_var)
+        {
+            set(i, h)?;
+            let plus = objective()?;
+            set(i, -h)?;
+            let minus = objective()?;
+            set(i, 0.0)?;
+            fd.push((plus - minus) / (2.0 * h));
+            autodiff.push(grad[i]);
+        }
+    }
+    let device = candle_core::Device::Cpu;
+    let autodiff = Tensor::new(autodiff.as_slice(), &device)?;
+    let fd = Tensor::new(fd.as_slice(), &device)?;
+    Ok(GradCheck {
+        relative_error: relative_error(&autodiff, &fd)?,
+        norm: l2_norm(&autodiff)?,
+    })
+}
