@@ -9,8 +9,8 @@
 
 use crate::error::check_non_negative;
 use crate::norm::{Scope, StepNorm};
-use crate::step::{Passes, Step, detach_all};
-use crate::target::{PointGradient, Target};
+use crate::step::{CleanPass, Passes, Step, combine};
+use crate::target::Target;
 use crate::{Result, norm};
 use candle_core::Tensor;
 
@@ -88,44 +88,23 @@ impl Fgm {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor>,
     {
-        let PointGradient {
-            loss,
-            mut grads,
-            gradient,
-            ..
-        } = target.loss_and_gradient(loss_fn)?;
-        // First order only: let go of every graph as soon as it is used (with second order on, candle
-        // would keep the clean pass's intermediates alive to the end of the step).
-        detach_all(&mut grads);
-        let clean_loss = loss.detach();
-        drop(loss);
-        let delta = self.perturbation(target, &gradient.detach())?;
-        drop(gradient);
+        // First order only: the clean pass is reduced to values at once (with second order on, candle
+        // would otherwise keep its graph alive through the adversarial pass).
+        let clean = CleanPass::from(target.loss_and_gradient(loss_fn)?);
+        let delta = self.perturbation(target, &clean.gradient)?;
         let adversarial = target.loss_at(loss_fn, &delta)?;
-        let mut adversarial_grads = adversarial.backward()?;
-        detach_all(&mut adversarial_grads);
-        let adversarial = adversarial.detach();
+        let adversarial_grads = adversarial.backward()?;
         let passes = Passes {
             forward: 2,
             backward: 2,
             double_backward: 0,
         };
-        Ok(match self.objective {
-            Objective::AdversarialOnly => Step {
-                loss: adversarial,
-                clean_loss,
-                grads: adversarial_grads,
-                passes,
-            },
-            Objective::CleanPlusAdversarial => {
-                grads.extend(adversarial_grads)?;
-                Step {
-                    loss: (&clean_loss + adversarial)?,
-                    clean_loss,
-                    grads,
-                    passes,
-                }
-            }
-        })
+        combine(
+            self.objective,
+            clean,
+            &adversarial,
+            adversarial_grads,
+            passes,
+        )
     }
 }

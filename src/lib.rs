@@ -56,32 +56,48 @@
 #[doc = include_str!("../README.md")]
 mod readme {}
 
+pub mod ball;
+pub mod dropout;
 pub mod equivalence;
 pub mod error;
 pub mod fgm;
+pub mod free_at;
+pub mod freelb;
 pub mod gradient_penalty;
 pub mod init;
 pub mod laplacian;
 pub mod noise;
 pub mod norm;
 pub mod ops;
+pub mod pgd;
 pub mod rng;
 pub mod second_order;
+pub mod smart;
 pub mod spectral_norm;
 pub mod step;
 pub mod target;
 pub mod target_shift;
 pub mod toy;
+pub mod vat;
 pub mod verify;
+pub mod yopo;
 
+pub use ball::Ball;
+pub use dropout::HeldDropout;
 pub use error::{Error, Result};
 pub use fgm::{Fgm, Objective};
+pub use free_at::FreeAt;
+pub use freelb::FreeLb;
 pub use gradient_penalty::{GradientPenalty, PenaltyMethod};
 pub use laplacian::{CurvatureMethod, Laplacian, ProbeKind};
 pub use noise::Noise;
 pub use norm::{Scope, StepNorm};
+pub use pgd::{Pgd, Start};
 pub use rng::Rng;
+pub use smart::{BregmanProximal, Smart, SmartDivergence};
 pub use spectral_norm::{SpectralNorm, SpectralNormLinear};
-pub use step::{Passes, Step};
+pub use step::{Accumulator, Passes, Step};
 pub use target::{Target, TargetKind};
 pub use target_shift::{Divergence, TargetShift};
+pub use vat::Vat;
+pub use yopo::Yopo;

@@ -44,16 +44,16 @@ fn safe_sqrt(s: &Tensor) -> Result<Tensor> {
     Ok(((s + &at_zero)?.sqrt()? - at_zero)?)
 }
 
-impl StepNorm {
-    /// The squared L2 norm of `g` in this scope, shaped to broadcast against `g`.
-    fn squared_norms(&self, target: &Target, g: &Tensor, scope: Scope) -> Result<Tensor> {
-        let squares = g.sqr()?;
-        match scope {
-            Scope::PerExample => target.per_example_sum(&squares),
-            Scope::PerBatch => Ok(squares.sum_all()?),
-        }
+/// The squared L2 norm of `t` per example or for the whole batch, shaped to broadcast against `t`.
+pub fn squared_norms(target: &Target, t: &Tensor, scope: Scope) -> Result<Tensor> {
+    let squares = t.sqr()?;
+    match scope {
+        Scope::PerExample => target.per_example_sum(&squares),
+        Scope::PerBatch => Ok(squares.sum_all()?),
     }
+}
 
+impl StepNorm {
     /// The unit direction `d(g)` (masked, detached); multiply by eps for the FGM step.
     pub fn direction(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
         target.check_delta(g)?;
@@ -62,7 +62,7 @@ impl StepNorm {
             StepNorm::Raw => g,
             StepNorm::Sign => g.sign()?,
             StepNorm::L2(scope) => {
-                let norms = self.squared_norms(target, &g, *scope)?.sqrt()?;
+                let norms = squared_norms(target, &g, *scope)?.sqrt()?;
                 let norms = (&norms + norms.eq(0.0)?.to_dtype(norms.dtype())?)?;
                 g.broadcast_div(&norms)?
             }
@@ -78,7 +78,7 @@ impl StepNorm {
             // |g| as g * sign(g) with the sign held constant: derivative sign(g), 0 at g = 0 (candle's
             // own `abs` backward gives +1 there, which would break the duality with the sign step).
             StepNorm::Sign => (g * g.sign()?.detach())?.sum_all()?,
-            StepNorm::L2(scope) => safe_sqrt(&self.squared_norms(target, g, *scope)?)?.sum_all()?,
+            StepNorm::L2(scope) => safe_sqrt(&squared_norms(target, g, *scope)?)?.sum_all()?,
         })
     }
 }

@@ -3,6 +3,8 @@
 //! The library does not own the training loop: a method computes a [`Step`] and the user hands
 //! `step.grads` to their own optimiser (`candle_nn::Optimizer::step(&step.grads)`).
 
+use crate::Result;
+use crate::target::PointGradient;
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
 
@@ -39,6 +41,135 @@ pub fn detach_all(grads: &mut GradStore) {
         if let Some(g) = grads.get_id(id) {
             let detached = g.detach();
             grads.insert_id(id, detached);
+        }
+    }
+}
+
+/// The clean pass reduced to values (loss and gradients, detached) plus the gradient with respect to the
+/// point, so that no graph of the clean pass outlives it.
+pub struct CleanPass {
+    /// The clean loss (detached).
+    pub loss: Tensor,
+    /// Every variable's gradient of the clean loss (detached).
+    pub grads: GradStore,
+    /// The gradient with respect to the point (detached).
+    pub gradient: Tensor,
+}
+
+impl From<PointGradient> for CleanPass {
+    fn from(pass: PointGradient) -> Self {
+        let mut grads = pass.grads;
+        detach_all(&mut grads);
+        Self {
+            loss: pass.loss.detach(),
+            grads,
+            gradient: pass.gradient.detach(),
+        }
+    }
+}
+
+/// The step of a method that trains at a perturbed point: the adversarial loss alone, or clean plus
+/// adversarial (gradients summed), as `objective` says.
+pub fn combine(
+    objective: crate::fgm::Objective,
+    clean: CleanPass,
+    adversarial: &Tensor,
+    mut adversarial_grads: GradStore,
+    passes: Passes,
+) -> Result<Step> {
+    detach_all(&mut adversarial_grads);
+    let adversarial = adversarial.detach();
+    Ok(match objective {
+        crate::fgm::Objective::AdversarialOnly => Step {
+            loss: adversarial,
+            clean_loss: clean.loss,
+            grads: adversarial_grads,
+            passes,
+        },
+        crate::fgm::Objective::CleanPlusAdversarial => {
+            let mut grads = clean.grads;
+            grads.extend(adversarial_grads)?;
+            Step {
+                loss: (&clean.loss + adversarial)?,
+                clean_loss: clean.loss,
+                grads,
+                passes,
+            }
+        }
+    })
+}
+
+/// Multiplies every gradient in `grads` by `factor`.
+pub fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
+    let ids: Vec<_> = grads.get_ids().copied().collect();
+    for id in ids {
+        if let Some(g) = grads.get_id(id) {
+            let scaled = (g * factor)?;
+            grads.insert_id(id, scaled);
+        }
+    }
+    Ok(())
+}
+
+impl Step {
+    /// The same step with its loss and gradients multiplied by `factor` (e.g. 1 / accumulation steps).
+    pub fn scaled(mut self, factor: f64) -> Result<Step> {
+        crate::error::check_non_negative("factor", factor)?;
+        scale_all(&mut self.grads, factor)?;
+        Ok(Step {
+            loss: (self.loss * factor)?,
+            clean_loss: (self.clean_loss * factor)?,
+            grads: self.grads,
+            passes: self.passes,
+        })
+    }
+}
+
+/// Gradient accumulation over micro-batches: add each micro-batch's step scaled by 1 / `micro_batches`
+/// and take the sum when the batch is complete.
+pub struct Accumulator {
+    micro_batches: usize,
+    sum: Option<Step>,
+    added: usize,
+}
+
+impl Accumulator {
+    /// An accumulator for `micro_batches` steps per optimiser update.
+    pub fn new(micro_batches: usize) -> Result<Self> {
+        crate::error::check_count("micro_batches", micro_batches)?;
+        Ok(Self {
+            micro_batches,
+            sum: None,
+            added: 0,
+        })
+    }
+
+    /// Adds one micro-batch's step, scaled by 1 / `micro_batches`. Returns the accumulated step once
+    /// `micro_batches` steps are in (and starts over), `None` before.
+    pub fn add(&mut self, step: Step) -> Result<Option<Step>> {
+        let step = step.scaled(1.0 / self.micro_batches as f64)?;
+        self.sum = Some(match self.sum.take() {
+            None => step,
+            Some(mut acc) => {
+                acc.grads.extend(step.grads)?;
+                Step {
+                    loss: (acc.loss + step.loss)?,
+                    clean_loss: (acc.clean_loss + step.clean_loss)?,
+                    grads: acc.grads,
+                    passes: Passes {
+                        forward: acc.passes.forward + step.passes.forward,
+                        backward: acc.passes.backward + step.passes.backward,
+                        double_backward: acc.passes.double_backward + step.passes.double_backward,
+                    },
+                }
+            }
+        });
+        self.added += 1;
+        if self.added == self.micro_batches {
+            self.added = 0;
+            Ok(self.sum.take())
+        } else {
+            Ok(None)
         }
     }
 }

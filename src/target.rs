@@ -280,6 +280,30 @@ impl Target {
         })
     }
 
+    /// One forward and one backward pass at `point + mask * delta`: the loss, every variable's gradient,
+    /// and the gradient with respect to `delta` (zero at padding). The ascent steps of PGD, FreeLB,
+    /// FreeAT, SMART and VAT all take their gradient here.
+    pub fn loss_and_gradient_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        self.check_delta(delta)?;
+        let var = Var::from_tensor(&delta.detach())?;
+        let loss = self.loss_at(loss_fn, var.as_tensor())?;
+        let mut grads = loss.backward()?;
+        let gradient = grads
+            .remove(var.as_tensor())
+            .ok_or_else(|| Error::NoGradient {
+                target: self.kind.to_string(),
+            })?;
+        Ok(PointGradient {
+            loss,
+            grads,
+            gradient,
+            probe: var.as_tensor().clone(),
+        })
+    }
+
     /// Checks a gradient with respect to this point: finite, and non-zero unless `allow_zero`.
     pub fn check_gradient_value(&self, gradient: &Tensor, allow_zero: bool) -> Result<()> {
         let size = gradient

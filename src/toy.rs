@@ -191,19 +191,28 @@ impl EmbeddingClassifier {
         self.embed_with(self.embedding.as_tensor(), ids)
     }
 
-    /// Logits `(b, classes)` from embedding outputs `(b, n, hidden)` and the padding mask `(b, n)`.
-    pub fn logits_from_embeddings(&self, e: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// The first layer (for YOPO): self-attention with a residual connection, `(b, n, hidden)`.
+    pub fn first_block(&self, e: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let scale = 1.0 / (self.hidden as f64).sqrt();
         let scores = (self.query.forward(e)?.matmul(&self.key.forward(e)?.t()?)? * scale)?;
         // Padded keys get a large negative score: their attention weight underflows to zero.
         let key_bias = ((mask.unsqueeze(1)? - 1.0)? * 1e4)?;
         let attention = softmax_last_dim(&scores.broadcast_add(&key_bias)?)?;
-        let h = (e + attention.matmul(&self.value.forward(e)?)?)?;
-        let h = self.norm.forward(&h)?;
+        e + attention.matmul(&self.value.forward(e)?)?
+    }
+
+    /// The rest of the model: layer norm, feed-forward, masked mean pool, classifier.
+    pub fn head_logits(&self, h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.norm.forward(h)?;
         let h = (&h + self.feed_forward.forward(&h)?.tanh()?)?;
         let m = mask.unsqueeze(2)?;
         let pooled = h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
         self.classifier.forward(&pooled)
+    }
+
+    /// Logits `(b, classes)` from embedding outputs `(b, n, hidden)` and the padding mask `(b, n)`.
+    pub fn logits_from_embeddings(&self, e: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        self.head_logits(&self.first_block(e, mask)?, mask)
     }
 
     /// Mean cross-entropy from embedding outputs.

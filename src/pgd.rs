@@ -1,0 +1,142 @@
+//! PGD-K (Madry et al.): K projected gradient-ascent steps on the perturbation, then train at the end.
+//!
+//! `delta_{k+1} = Pi_ball(delta_k + alpha * d(g_k))` with `d` the step direction of a [`StepNorm`]
+//! (normalised for an L2 ball, sign for an L-infinity ball), from a zero or a random start. The weights
+//! are trained at the last iterate, plus the clean gradient as the seeds' PyTorch version does
+//! ([`Objective::CleanPlusAdversarial`]). With a zero start the clean pass supplies the first ascent
+//! gradient, so PGD-K costs K + 1 forward-backward passes, and PGD-1 with `alpha = eps` is FGM exactly.
+//! Book chapter: "PGD, FreeAT, YOPO, FreeLB, SMART, VAT".
+
+use crate::ball::Ball;
+use crate::error::{check_count, check_non_negative, check_positive};
+use crate::fgm::Objective;
+use crate::norm::{Scope, StepNorm};
+use crate::step::{CleanPass, Passes, Step, combine};
+use crate::target::Target;
+use crate::{Result, Rng};
+use candle_core::Tensor;
+
+/// Where the ascent starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// `delta_0 = 0`.
+    Zero,
+    /// `delta_0` uniform in the ball (Madry et al.).
+    Random,
+}
+
+/// Projected gradient descent on the perturbation.
+#[derive(Clone, Copy, Debug)]
+pub struct Pgd {
+    eps: f64,
+    alpha: f64,
+    steps: usize,
+    norm: StepNorm,
+    start: Start,
+    objective: Objective,
+}
+
+impl Pgd {
+    /// `steps` ascent steps of size `alpha` in an L2 ball (per batch) of radius `eps`, zero start,
+    /// clean + adversarial objective.
+    pub fn new(eps: f64, alpha: f64, steps: usize) -> Result<Self> {
+        check_non_negative("eps", eps)?;
+        check_positive("alpha", alpha)?;
+        check_count("steps", steps)?;
+        Ok(Self {
+            eps,
+            alpha,
+            steps,
+            norm: StepNorm::L2(Scope::PerBatch),
+            start: Start::Zero,
+            objective: Objective::CleanPlusAdversarial,
+        })
+    }
+
+    /// Step geometry: `L2(scope)` ascends along `g / ||g||` in an L2 ball, `Sign` along `sign(g)` in an
+    /// L-infinity ball, `Raw` along `g` in an L2 ball per batch.
+    pub fn with_norm(mut self, norm: StepNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Zero or random start.
+    pub fn with_start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Training objective.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// The ball the iterates stay in.
+    pub fn ball(&self) -> Result<Ball> {
+        Ball::for_norm(self.norm, self.eps)
+    }
+
+    /// One ascent step from `delta` with gradient `g`.
+    pub fn ascend(&self, target: &Target, delta: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let moved = (delta + (self.norm.direction(target, g)? * self.alpha)?)?;
+        self.ball()?.project(target, &moved)
+    }
+
+    /// The final perturbation after K steps, and the clean pass (loss and gradients) it started from.
+    /// Returns the number of extra forward-backward passes spent beyond the clean one.
+    pub fn attack<F>(
+        &self,
+        target: &Target,
+        loss_fn: &F,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, CleanPass, usize)>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let clean = CleanPass::from(target.loss_and_gradient(loss_fn)?);
+        target.check_gradient_value(&clean.gradient, true)?;
+        let (mut delta, mut extra) = match self.start {
+            Start::Zero => {
+                let zero = clean.gradient.zeros_like()?;
+                (self.ascend(target, &zero, &clean.gradient)?, 0)
+            }
+            Start::Random => (self.ball()?.random_point(target, rng)?, 0),
+        };
+        let first_from_clean = self.start == Start::Zero;
+        let remaining = if first_from_clean {
+            self.steps - 1
+        } else {
+            self.steps
+        };
+        for _ in 0..remaining {
+            let at = target.loss_and_gradient_at(loss_fn, &delta)?;
+            target.check_gradient_value(&at.gradient, true)?;
+            delta = self.ascend(target, &delta, &at.gradient.detach())?;
+            extra += 1;
+        }
+        Ok((delta, clean, extra))
+    }
+
+    /// One training step: the attack, then a forward-backward pass at the last iterate.
+    pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let (delta, clean, extra) = self.attack(target, loss_fn, rng)?;
+        let adversarial = target.loss_at(loss_fn, &delta)?;
+        let adversarial_grads = adversarial.backward()?;
+        let passes = Passes {
+            forward: 2 + extra,
+            backward: 2 + extra,
+            double_backward: 0,
+        };
+        combine(
+            self.objective,
+            clean,
+            &adversarial,
+            adversarial_grads,
+            passes,
+        )
+    }
+}

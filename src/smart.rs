@@ -1,0 +1,282 @@
+//! SMART (Jiang et al.): a smoothness-inducing adversarial regulariser, and the Bregman proximal point
+//! step.
+//!
+//! The regulariser is `lambda_s * max_{delta} l_s(f(x + delta), f(x))` with `l_s` the symmetric KL of the
+//! output distributions (classification) or the squared error (regression), both sides depending on the
+//! weights. The inner max starts from noise of variance `noise_var` (1e-5) and takes K normalised ascent
+//! steps of size `step_size` (1e-3), projected onto a ball of radius `eps` when `eps > 0`. Like target
+//! shift, it needs no labels. The Bregman proximal point step adds `mu * l_s(f(x; theta), f(x; theta~))`,
+//! with `theta~` an exponential moving average of the weights: a trust region in output space
+//! ([`BregmanProximal`]). Book chapter: "PGD, FreeAT, YOPO, FreeLB, SMART, VAT".
+
+use crate::ball::Ball;
+use crate::error::{check_count, check_non_negative, check_positive};
+use crate::norm::{Scope, StepNorm};
+use crate::step::{Passes, Step, detach_all};
+use crate::target::Target;
+use crate::{Error, Result, Rng};
+use candle_core::{D, Tensor, Var};
+
+/// The output divergence `l_s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmartDivergence {
+    /// `KL(P || Q) + KL(Q || P)` of the softmax distributions of two logit tensors.
+    SymmetricKl,
+    /// `||a - b||^2` (regression outputs).
+    SquaredError,
+}
+
+impl SmartDivergence {
+    /// `l_s(a, b)` for outputs `(batch, k)`: summed over outputs, averaged over the batch.
+    pub fn loss(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if a.shape() != b.shape() || a.rank() != 2 {
+            return Err(Error::ShapeMismatch {
+                name: "outputs",
+                expected: format!(
+                    "two (batch, k) tensors of one shape, first is {:?}",
+                    a.dims()
+                ),
+                got: b.dims().to_vec(),
+            });
+        }
+        let per_output = match self {
+            SmartDivergence::SquaredError => (a - b)?.sqr()?,
+            SmartDivergence::SymmetricKl => {
+                let (log_p, log_q) = (
+                    candle_nn::ops::log_softmax(a, D::Minus1)?,
+                    candle_nn::ops::log_softmax(b, D::Minus1)?,
+                );
+                // KL(P||Q) + KL(Q||P) = sum (p - q)(log p - log q)
+                ((log_p.exp()? - log_q.exp()?)? * (log_p - log_q)?)?
+            }
+        };
+        Ok(per_output.sum(D::Minus1)?.mean_all()?)
+    }
+}
+
+/// The SMART regulariser.
+#[derive(Clone, Copy, Debug)]
+pub struct Smart {
+    lambda: f64,
+    steps: usize,
+    step_size: f64,
+    noise_var: f64,
+    eps: f64,
+    norm: StepNorm,
+    divergence: SmartDivergence,
+}
+
+impl Smart {
+    /// Weight `lambda` (lambda_s), one ascent step of size 1e-3 from noise of variance 1e-5, no
+    /// projection, per-example L2 normalisation.
+    pub fn new(lambda: f64, divergence: SmartDivergence) -> Result<Self> {
+        check_non_negative("lambda", lambda)?;
+        Ok(Self {
+            lambda,
+            steps: 1,
+            step_size: 1e-3,
+            noise_var: 1e-5,
+            eps: 0.0,
+            norm: StepNorm::L2(Scope::PerExample),
+            divergence,
+        })
+    }
+
+    /// K ascent steps.
+    pub fn with_steps(mut self, steps: usize) -> Result<Self> {
+        check_count("steps", steps)?;
+        self.steps = steps;
+        Ok(self)
+    }
+
+    /// The ascent step size.
+    pub fn with_step_size(mut self, step_size: f64) -> Result<Self> {
+        check_positive("step_size", step_size)?;
+        self.step_size = step_size;
+        Ok(self)
+    }
+
+    /// Variance of the starting noise.
+    pub fn with_noise_var(mut self, noise_var: f64) -> Result<Self> {
+        check_non_negative("noise_var", noise_var)?;
+        self.noise_var = noise_var;
+        Ok(self)
+    }
+
+    /// Projection radius (0: none) and step geometry.
+    pub fn with_ball(mut self, eps: f64, norm: StepNorm) -> Result<Self> {
+        check_non_negative("eps", eps)?;
+        self.eps = eps;
+        self.norm = norm;
+        Ok(self)
+    }
+
+    /// `l_s(f(x + r), f(x))` for a given `r`, differentiable in `r` and the weights.
+    pub fn divergence_at<G>(&self, target: &Target, output_fn: &G, r: &Tensor) -> Result<Tensor>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let clean = output_fn(target.point())?;
+        self.divergence
+            .loss(&output_fn(&target.perturb(r)?)?, &clean)
+    }
+
+    /// The inner maximisation: the final perturbation, from the clean outputs.
+    pub fn attack<G>(
+        &self,
+        target: &Target,
+        output_fn: &G,
+        clean: &Tensor,
+        rng: &mut Rng,
+    ) -> Result<Tensor>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let p = target.point();
+        let reference = clean.detach();
+        let mut delta = target.apply_mask(
+            &(rng.normal(p.shape(), p.dtype(), p.device())? * self.noise_var.sqrt())?,
+        )?;
+        for _ in 0..self.steps {
+            let var = Var::from_tensor(&delta)?;
+            let outputs = output_fn(&target.perturb(var.as_tensor())?)?;
+            let g = self
+                .divergence
+                .loss(&outputs, &reference)?
+                .backward()?
+                .remove(var.as_tensor())
+                .ok_or_else(|| Error::NoGradient {
+                    target: target.kind().to_string(),
+                })?
+                .detach();
+            target.check_gradient_value(&g, true)?;
+            delta = (&delta + (self.norm.direction(target, &g)? * self.step_size)?)?;
+            if self.eps > 0.0 {
+                delta = Ball::for_norm(self.norm, self.eps)?.project(target, &delta)?;
+            }
+        }
+        Ok(delta)
+    }
+
+    /// The regulariser `lambda * l_s(f(x + delta*), f(x))` at clean outputs `clean` (with their graph).
+    pub fn regulariser<G>(
+        &self,
+        target: &Target,
+        output_fn: &G,
+        clean: &Tensor,
+        rng: &mut Rng,
+    ) -> Result<Tensor>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let delta = self.attack(target, output_fn, clean, rng)?;
+        let adversarial = output_fn(&target.perturb(&delta)?)?;
+        Ok((self.divergence.loss(&adversarial, clean)? * self.lambda)?)
+    }
+
+    /// One training step on `task_loss(f(x)) + regulariser`.
+    pub fn step<G, L>(
+        &self,
+        target: &Target,
+        output_fn: &G,
+        task_loss: &L,
+        rng: &mut Rng,
+    ) -> Result<Step>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        L: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let clean_outputs = output_fn(target.point())?;
+        let clean = task_loss(&clean_outputs)?;
+        let regulariser = self.regulariser(target, output_fn, &clean_outputs, rng)?;
+        let objective = (&clean + regulariser)?;
+        let mut grads = objective.backward()?;
+        detach_all(&mut grads);
+        Ok(Step {
+            loss: objective.detach(),
+            clean_loss: clean.detach(),
+            grads,
+            passes: Passes {
+                forward: 2 + self.steps,
+                backward: 1 + self.steps,
+                double_backward: 0,
+            },
+        })
+    }
+}
+
+/// The Bregman proximal point (momentum) step: `mu * l_s(f(x; theta), f(x; theta~))` with `theta~` the
+/// exponential moving average `theta~ <- (1 - beta) theta + beta theta~` of the weights.
+pub struct BregmanProximal {
+    mu: f64,
+    beta: f64,
+    vars: Vec<Var>,
+    anchor: Vec<Tensor>,
+}
+
+impl BregmanProximal {
+    /// The anchor starts at the current weights of `vars`.
+    pub fn new(vars: Vec<Var>, mu: f64, beta: f64) -> Result<Self> {
+        check_non_negative("mu", mu)?;
+        if !(0.0..1.0).contains(&beta) {
+            return Err(Error::InvalidArgument {
+                name: "beta",
+                reason: format!("a momentum lies in [0, 1), got {beta}"),
+                fix: "pass 0 <= beta < 1 (0.99 in the paper)".into(),
+            });
+        }
+        let anchor = vars
+            .iter()
+            .map(|v| v.as_tensor().detach().copy())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            mu,
+            beta,
+            vars,
+            anchor,
+        })
+    }
+
+    /// The anchor weights theta~.
+    pub fn anchor(&self) -> &[Tensor] {
+        &self.anchor
+    }
+
+    /// `outputs_fn()` evaluated with the anchor weights (detached); the current weights are restored.
+    pub fn anchor_outputs<G>(&self, outputs_fn: G) -> Result<Tensor>
+    where
+        G: Fn() -> candle_core::Result<Tensor>,
+    {
+        let current = self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().detach().copy())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (v, a) in self.vars.iter().zip(&self.anchor) {
+            v.set(a)?;
+        }
+        let outputs = outputs_fn().map(|o| o.detach());
+        for (v, c) in self.vars.iter().zip(&current) {
+            v.set(c)?;
+        }
+        Ok(outputs?)
+    }
+
+    /// The penalty `mu * l_s(outputs, anchor_outputs)`, differentiable in `outputs`.
+    pub fn penalty(
+        &self,
+        divergence: SmartDivergence,
+        outputs: &Tensor,
+        anchor_outputs: &Tensor,
+    ) -> Result<Tensor> {
+        Ok((divergence.loss(outputs, anchor_outputs)? * self.mu)?)
+    }
+
+    /// After the optimiser step: `theta~ <- (1 - beta) theta + beta theta~`.
+    pub fn update(&mut self) -> Result<()> {
+        for (v, a) in self.vars.iter().zip(self.anchor.iter_mut()) {
+            *a = ((v.as_tensor().detach() * (1.0 - self.beta))? + (&*a * self.beta)?)?;
+        }
+        Ok(())
+    }
+}

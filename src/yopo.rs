@@ -1,0 +1,159 @@
+//! YOPO-m-n (Zhang et al., "You only propagate once"): m full forward-backward passes per batch, and
+//! after each, n cheap updates of the perturbation through the first layer only.
+//!
+//! Write the model as `rest(first(x))`. Pontryagin's maximum principle says the perturbation, which
+//! enters through the first layer only, sees the rest of the network through the co-state
+//! `p = dL/dz` at `z = first(x + delta)`. With p frozen, the ascent direction is
+//! `grad_delta (p . first(x + delta))`, which costs a pass through the first layer alone. So:
+//! for each of m full passes, compute p and the weights' gradients; then take n steps
+//! `delta <- Pi(delta + alpha * d(grad_delta (p . first(x + delta))))`. The weights are trained on the
+//! mean of the m full passes' gradients (the paper also adds the first layer's gradients from the inner
+//! steps; omitted here). Caveat: the derivation assumes `rest` is twice differentiable. With ReLU the
+//! frozen co-state is exact only while no unit changes sign, so large inner steps drift from true PGD.
+//! Book chapter: "PGD, FreeAT, YOPO, FreeLB, SMART, VAT".
+
+use crate::ball::Ball;
+use crate::error::{check_count, check_non_negative, check_positive};
+use crate::norm::StepNorm;
+use crate::pgd::Start;
+use crate::step::{Passes, Step, detach_all, scale_all};
+use crate::target::Target;
+use crate::{Error, Result, Rng};
+use candle_core::{Tensor, Var};
+
+/// YOPO-m-n.
+#[derive(Clone, Copy, Debug)]
+pub struct Yopo {
+    eps: f64,
+    alpha: f64,
+    outer: usize,
+    inner: usize,
+    norm: StepNorm,
+    start: Start,
+}
+
+impl Yopo {
+    /// `outer` = m full passes, `inner` = n first-layer steps of size `alpha`, in an L-infinity ball of
+    /// radius `eps` (sign steps), zero start.
+    pub fn new(eps: f64, alpha: f64, outer: usize, inner: usize) -> Result<Self> {
+        check_non_negative("eps", eps)?;
+        check_positive("alpha", alpha)?;
+        check_count("outer", outer)?;
+        check_count("inner", inner)?;
+        Ok(Self {
+            eps,
+            alpha,
+            outer,
+            inner,
+            norm: StepNorm::Sign,
+            start: Start::Zero,
+        })
+    }
+
+    /// Step geometry (L2 ball for `L2`, L-infinity for `Sign`).
+    pub fn with_norm(mut self, norm: StepNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Zero or random start.
+    pub fn with_start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// One training step; returns it with the final perturbation. `first` maps the perturbed point to
+    /// the first layer's output z, `rest` maps z to the scalar loss.
+    pub fn run<G, R>(
+        &self,
+        target: &Target,
+        first: &G,
+        rest: &R,
+        rng: &mut Rng,
+    ) -> Result<(Step, Tensor)>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        R: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let ball = Ball::for_norm(self.norm, self.eps)?;
+        let mut delta = match self.start {
+            Start::Zero => target.point().zeros_like()?,
+            Start::Random => ball.random_point(target, rng)?,
+        };
+        let mut total: Option<Step> = None;
+        for _ in 0..self.outer {
+            // Full pass: the weights' gradients and the co-state p = dL/dz.
+            let z = first(&target.perturb(&delta)?)?;
+            let z_probe = Var::zeros(z.shape(), z.dtype(), z.device())?;
+            let loss = rest(&(&z + z_probe.as_tensor())?)?;
+            if loss.elem_count() != 1 {
+                return Err(Error::ShapeMismatch {
+                    name: "rest",
+                    expected: "a scalar loss".into(),
+                    got: loss.dims().to_vec(),
+                });
+            }
+            let mut grads = loss.backward()?;
+            let costate = grads
+                .remove(z_probe.as_tensor())
+                .ok_or_else(|| Error::NoGradient {
+                    target: "first layer's output (through rest)".into(),
+                })?
+                .detach();
+            detach_all(&mut grads);
+            // n cheap steps through the first layer only.
+            for _ in 0..self.inner {
+                let var = Var::from_tensor(&delta)?;
+                let hamiltonian =
+                    (first(&target.perturb(var.as_tensor())?)? * &costate)?.sum_all()?;
+                let g = hamiltonian
+                    .backward()?
+                    .remove(var.as_tensor())
+                    .ok_or_else(|| Error::NoGradient {
+                        target: target.kind().to_string(),
+                    })?
+                    .detach();
+                let moved = (&delta + (self.norm.direction(target, &g)? * self.alpha)?)?;
+                delta = ball.project(target, &moved)?;
+            }
+            let loss = loss.detach().reshape(())?;
+            total = Some(match total {
+                None => Step {
+                    loss: loss.clone(),
+                    clean_loss: loss,
+                    grads,
+                    passes: Passes::default(),
+                },
+                Some(mut acc) => {
+                    acc.grads.extend(grads)?;
+                    Step {
+                        loss: (acc.loss + loss)?,
+                        ..acc
+                    }
+                }
+            });
+        }
+        let mut step = total.expect("outer >= 1");
+        let m = self.outer as f64;
+        scale_all(&mut step.grads, 1.0 / m)?;
+        let step = Step {
+            loss: (step.loss / m)?,
+            passes: Passes {
+                forward: self.outer,
+                backward: self.outer,
+                double_backward: 0,
+            },
+            ..step
+        };
+        Ok((step, delta))
+    }
+
+    /// One training step: m full passes (plus m * n passes through the first layer only).
+    pub fn step<G, R>(&self, target: &Target, first: &G, rest: &R, rng: &mut Rng) -> Result<Step>
+    where
+        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        R: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        Ok(self.run(target, first, rest, rng)?.0)
+    }
+}
