@@ -8,25 +8,56 @@
 //! (as `.cargo/config.toml` sets it), as gradient penalty needs.
 
 use advtrain::toy::{Activation, EmbeddingClassifier, Mlp, TokenBatch, classification_batch};
-use advtrain::{CurvatureMethod, Fgm, GradientPenalty, Laplacian, PenaltyMethod, Rng, Target};
+use advtrain::{
+    CurvatureMethod, Fgm, FreeAt, FreeLb, GradientPenalty, Laplacian, PenaltyMethod, Pgd, Rng,
+    Smart, SmartDivergence, Target, Vat, Yopo,
+};
 use candle_core::{DType, Device, Tensor};
 use criterion::Criterion;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 12] = [
     "plain",
     "fgm",
     "gradient_penalty",
     "gradient_penalty_fd",
     "hutchinson_1",
     "hutchinson_1_fd",
+    "pgd_3",
+    "freeat_replay",
+    "yopo_3_3",
+    "freelb_3",
+    "smart",
+    "vat",
 ];
 
-fn run_method<F>(name: &str, target: &Target, loss: &F, rng: &mut Rng)
-where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
-{
+/// The cost rule of each method, in plain steps (`None`: no simple rule).
+fn expected_ratio(method: &str) -> Option<f64> {
+    match method {
+        "plain" => Some(1.0),
+        "fgm" => Some(2.0),
+        "pgd_3" => Some(4.0),
+        "freeat_replay" => Some(1.0),
+        "freelb_3" => Some(3.0),
+        "vat" => Some(3.0),
+        "smart" => Some(3.0),
+        _ => None,
+    }
+}
+
+/// The model as the methods see it: the loss of the perturbed point, its logits, the task loss on
+/// logits, and the split into a first layer and the rest (for YOPO).
+struct Closures<'a> {
+    loss: &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    logits: &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    task: &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    first: &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    rest: &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+}
+
+fn run_method(name: &str, target: &Target, c: &Closures, free_at: &mut FreeAt, rng: &mut Rng) {
+    let loss = &c.loss;
     let grads = match name {
         "plain" => target.loss(loss).unwrap().backward().unwrap(),
         "fgm" => Fgm::new(0.5).unwrap().step(target, loss).unwrap().grads,
@@ -59,6 +90,44 @@ where
                 .with_method(CurvatureMethod::FiniteDifference { h: 1e-1 })
                 .unwrap()
                 .step(target, loss, rng)
+                .unwrap()
+                .grads
+        }
+        "pgd_3" => {
+            Pgd::new(0.5, 0.2, 3)
+                .unwrap()
+                .step(target, &loss, rng)
+                .unwrap()
+                .grads
+        }
+        "freeat_replay" => free_at.step(target, &loss).unwrap().grads,
+        "yopo_3_3" => {
+            Yopo::new(0.05, 0.02, 3, 3)
+                .unwrap()
+                .step(target, &c.first, &c.rest, rng)
+                .unwrap()
+                .grads
+        }
+        "freelb_3" => {
+            FreeLb::new(0.1, 3)
+                .unwrap()
+                .step(target, &loss, rng)
+                .unwrap()
+                .grads
+        }
+        "smart" => {
+            Smart::new(1.0, SmartDivergence::SymmetricKl)
+                .unwrap()
+                .step(target, &c.logits, &c.task, rng)
+                .unwrap()
+                .grads
+        }
+        "vat" => {
+            Vat::new(0.5)
+                .unwrap()
+                .with_xi(1e-2)
+                .unwrap()
+                .step(target, &c.logits, &c.task, rng)
                 .unwrap()
                 .grads
         }
@@ -100,24 +169,45 @@ impl Models {
         }
     }
 
-    /// One step of `method` on the MLP, perturbing its input.
-    fn mlp_step(&self, method: &str, rng: &mut Rng) {
+    /// One step of `method` on the MLP, perturbing its input; YOPO's first layer is the identity.
+    fn mlp_step(&self, method: &str, free_at: &mut FreeAt, rng: &mut Rng) {
+        let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, &self.y);
+        let logits = |x: &Tensor| self.mlp.forward(x);
         let loss = |x: &Tensor| self.mlp.loss(x, &self.y);
-        run_method(method, &Target::input(&self.x).unwrap(), &loss, rng)
+        let first = |x: &Tensor| Ok(x.clone());
+        let c = Closures {
+            loss: &loss,
+            logits: &logits,
+            task: &task,
+            first: &first,
+            rest: &loss,
+        };
+        run_method(method, &Target::input(&self.x).unwrap(), &c, free_at, rng)
     }
 
     /// One step of `method` on the embedding model, perturbing the embedding output; the lookup is
-    /// part of every step.
-    fn embedding_step(&self, method: &str, rng: &mut Rng) {
+    /// part of every step. YOPO's first layer is the attention block.
+    fn embedding_step(&self, method: &str, free_at: &mut FreeAt, rng: &mut Rng) {
         let (model, batch) = (&self.embedding, &self.batch);
+        let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, &batch.labels);
+        let logits = |e: &Tensor| model.logits_from_embeddings(e, &batch.mask);
         let loss = |e: &Tensor| model.loss_from_embeddings(e, &batch.mask, &batch.labels);
+        let first = |e: &Tensor| model.first_block(e, &batch.mask);
+        let rest = |h: &Tensor| task(&model.head_logits(h, &batch.mask)?);
+        let c = Closures {
+            loss: &loss,
+            logits: &logits,
+            task: &task,
+            first: &first,
+            rest: &rest,
+        };
         let e = model.embed(&batch.ids).unwrap();
         let target = Target::embedding_output(&e, Some(&batch.mask)).unwrap();
-        run_method(method, &target, &loss, rng)
+        run_method(method, &target, &c, free_at, rng)
     }
 }
 
-type StepFn = fn(&Models, &str, &mut Rng);
+type StepFn = fn(&Models, &str, &mut FreeAt, &mut Rng);
 
 const GROUPS: [(&str, StepFn); 2] = [
     ("mlp", Models::mlp_step),
@@ -126,6 +216,7 @@ const GROUPS: [(&str, StepFn); 2] = [
 
 fn criterion_groups(c: &mut Criterion, models: &Models) {
     let mut rng = Rng::new(3);
+    let mut free_at = FreeAt::new(0.05, 3).unwrap();
     for (name, step) in GROUPS {
         let mut group = c.benchmark_group(name);
         group
@@ -133,7 +224,9 @@ fn criterion_groups(c: &mut Criterion, models: &Models) {
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(4));
         for method in METHODS {
-            group.bench_function(method, |b| b.iter(|| step(models, method, &mut rng)));
+            group.bench_function(method, |b| {
+                b.iter(|| step(models, method, &mut free_at, &mut rng))
+            });
         }
         group.finish();
     }
@@ -163,16 +256,18 @@ fn interleaved(rounds: usize, mut step: impl FnMut(&str)) -> Vec<f64> {
 
 fn print_ratios(models: &Models, rounds: usize) {
     let mut rng = Rng::new(5);
+    let mut free_at = FreeAt::new(0.05, 3).unwrap();
     let ms: Vec<Vec<f64>> = GROUPS
         .iter()
-        .map(|(_, step)| interleaved(rounds, |m| step(models, m, &mut rng)))
+        .map(|(_, step)| interleaved(rounds, |m| step(models, m, &mut free_at, &mut rng)))
         .collect();
     println!("\nstep time as a ratio to the plain step: medians of {rounds} interleaved rounds");
-    println!("| method | MLP ms | MLP ratio | embedding ms | embedding ratio |");
-    println!("|---|---|---|---|---|");
+    println!("| method | MLP ms | MLP ratio | embedding ms | embedding ratio | rule |");
+    println!("|---|---|---|---|---|---|");
     for (i, method) in METHODS.iter().enumerate() {
+        let rule = expected_ratio(method).map_or("-".to_string(), |r| format!("{r}x"));
         println!(
-            "| {method} | {:.2} | {:.2}x | {:.2} | {:.2}x |",
+            "| {method} | {:.2} | {:.2}x | {:.2} | {:.2}x | {rule} |",
             ms[0][i],
             ms[0][i] / ms[0][0],
             ms[1][i],

@@ -86,7 +86,7 @@ impl Fgm {
     /// One training step: clean forward-backward, the perturbation, adversarial forward-backward.
     pub fn step<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         // First order only: the clean pass is reduced to values at once (with second order on, candle
         // would otherwise keep its graph alive through the adversarial pass).

@@ -57,7 +57,7 @@ impl FreeAt {
     /// One replay: train at `x + delta` and move `delta`. `clean_loss` is the loss at `x + delta` too.
     pub fn step<F>(&mut self, target: &Target, loss_fn: &F) -> Result<Step>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let p = target.point();
         let delta = match &self.delta {

@@ -126,7 +126,7 @@ impl FreeLb {
     /// One training step (K forward-backward passes, or one plain pass during warm-up).
     pub fn step<F>(&mut self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         if !target.has_examples() {
             return Err(Error::InvalidArgument {

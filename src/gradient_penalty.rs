@@ -82,7 +82,7 @@ impl GradientPenalty {
     /// One training step on `L + eps * P(dL/dx)`.
     pub fn step<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         if self.method == PenaltyMethod::DoubleBackward {
             second_order::require("gradient penalty (double backward)")?;

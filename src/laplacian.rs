@@ -86,7 +86,7 @@ fn hvp_from(point_gradient: &PointGradient, v: &Tensor) -> Result<Tensor> {
 /// backward. It keeps its graph, so it can itself be differentiated (third order).
 pub fn hessian_vector_product<F>(target: &Target, loss_fn: &F, v: &Tensor) -> Result<Tensor>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     second_order::require("a Hessian-vector product")?;
     target.check_delta(v)?;
@@ -102,7 +102,7 @@ pub fn curvature<F>(
     method: CurvatureMethod,
 ) -> Result<Tensor>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     method.check()?;
     target.check_delta(v)?;
@@ -128,7 +128,7 @@ fn second_difference<F>(
     h: f64,
 ) -> Result<Tensor>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     let plus = target.loss_at(loss_fn, &(v * h)?)?;
     let minus = target.loss_at(loss_fn, &(v * -h)?)?;
@@ -139,7 +139,7 @@ where
 /// one double backward per column. For verification on small points (D <= 4096).
 pub fn hessian_matrix<F>(target: &Target, loss_fn: &F) -> Result<Tensor>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     second_order::require("the exact Hessian")?;
     let p = target.point();
@@ -169,7 +169,7 @@ where
 /// from [`hessian_matrix`].
 pub fn hessian_trace<F>(target: &Target, loss_fn: &F) -> Result<f64>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     let p = target.point();
     let diagonal: Vec<f64> = hessian_matrix(target, loss_fn)?
@@ -200,7 +200,7 @@ pub fn hutchinson<F>(
     rng: &mut Rng,
 ) -> Result<Estimate>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     check_count("probes", probes)?;
     method.check()?;
@@ -271,7 +271,7 @@ impl Laplacian {
     /// One training step on `L + sigma^2/2 * mean_probes v^T H v`.
     pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         self.method.check()?;
         let weight = self.sigma * self.sigma / 2.0 / self.probes as f64;

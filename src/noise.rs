@@ -106,7 +106,7 @@ pub fn noisy_loss<F>(
     rng: &mut Rng,
 ) -> Result<Tensor>
 where
-    F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     check_count("k", k)?;
     if antithetic {

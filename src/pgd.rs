@@ -92,7 +92,7 @@ impl Pgd {
         rng: &mut Rng,
     ) -> Result<(Tensor, CleanPass, usize)>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let clean = CleanPass::from(target.loss_and_gradient(loss_fn)?);
         target.check_gradient_value(&clean.gradient, true)?;
@@ -121,7 +121,7 @@ impl Pgd {
     /// One training step: the attack, then a forward-backward pass at the last iterate.
     pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (delta, clean, extra) = self.attack(target, loss_fn, rng)?;
         let adversarial = target.loss_at(loss_fn, &delta)?;

@@ -114,7 +114,7 @@ impl Smart {
     /// `l_s(f(x + r), f(x))` for a given `r`, differentiable in `r` and the weights.
     pub fn divergence_at<G>(&self, target: &Target, output_fn: &G, r: &Tensor) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let clean = output_fn(target.point())?;
         self.divergence
@@ -130,7 +130,7 @@ impl Smart {
         rng: &mut Rng,
     ) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let p = target.point();
         let reference = clean.detach();
@@ -167,7 +167,7 @@ impl Smart {
         rng: &mut Rng,
     ) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let delta = self.attack(target, output_fn, clean, rng)?;
         let adversarial = output_fn(&target.perturb(&delta)?)?;
@@ -183,8 +183,8 @@ impl Smart {
         rng: &mut Rng,
     ) -> Result<Step>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
-        L: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+        L: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let clean_outputs = output_fn(target.point())?;
         let clean = task_loss(&clean_outputs)?;

@@ -230,7 +230,7 @@ impl Target {
     /// The loss at `point + mask * delta`; errors when the closure does not return a scalar.
     pub fn loss_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<Tensor>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         scalar_loss(loss_fn(&self.perturb(delta)?)?)
     }
@@ -238,7 +238,7 @@ impl Target {
     /// The loss at the unperturbed point.
     pub fn loss<F>(&self, loss_fn: &F) -> Result<Tensor>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         scalar_loss(loss_fn(&self.point)?)
     }
@@ -260,7 +260,7 @@ impl Target {
     /// Errors with [`Error::NoGradient`] when the loss does not depend on the point.
     pub fn loss_and_gradient<F>(&self, loss_fn: &F) -> Result<PointGradient>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (point, probe) = self.probe_point()?;
         let loss = scalar_loss(loss_fn(&point)?)?;
@@ -285,7 +285,7 @@ impl Target {
     /// FreeAT, SMART and VAT all take their gradient here.
     pub fn loss_and_gradient_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<PointGradient>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         self.check_delta(delta)?;
         let var = Var::from_tensor(&delta.detach())?;
@@ -328,7 +328,7 @@ impl Target {
     /// and non-zero. Run it once on a real batch before training; a cut path fails loudly here.
     pub fn check_gradient<F>(&self, loss_fn: &F) -> Result<()>
     where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let point_gradient = self.loss_and_gradient(loss_fn)?;
         self.check_gradient_value(&point_gradient.gradient, false)

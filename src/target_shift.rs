@@ -92,7 +92,7 @@ fn check_examples(target: &Target) -> Result<()> {
 /// The model's outputs at the target's (differentiable) point, and the probe to differentiate against.
 fn outputs_at_point<G>(target: &Target, output_fn: &G) -> Result<(Tensor, Tensor)>
 where
-    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     check_examples(target)?;
     let (point, probe) = target.probe_point()?;
@@ -152,7 +152,7 @@ pub fn sum_of_squared_gradients<G>(
     divergence: Divergence,
 ) -> Result<Tensor>
 where
-    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     let (outputs, probe) = outputs_at_point(target, output_fn)?;
     exact_from(&divergence.transform(&outputs)?, &probe)
@@ -167,7 +167,7 @@ pub fn projected_sum_of_squared_gradients<G>(
     rng: &mut Rng,
 ) -> Result<Tensor>
 where
-    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     let (outputs, probe) = outputs_at_point(target, output_fn)?;
     projected_from(&divergence.transform(&outputs)?, &probe, 1, rng)
@@ -219,7 +219,7 @@ impl TargetShift {
     /// The regulariser's value, with its graph (needs second order on, to be trained through).
     pub fn regulariser<G>(&self, target: &Target, output_fn: &G, rng: &mut Rng) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (outputs, probe) = outputs_at_point(target, output_fn)?;
         Ok(self.regulariser_from(&outputs, &probe, rng)?.0)
@@ -235,8 +235,8 @@ impl TargetShift {
         rng: &mut Rng,
     ) -> Result<Step>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
-        L: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+        L: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (outputs, probe) = outputs_at_point(target, output_fn)?;
         let (regulariser, backwards) = self.regulariser_from(&outputs, &probe, rng)?;

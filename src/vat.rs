@@ -84,7 +84,7 @@ impl Vat {
         rng: &mut Rng,
     ) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let unit = StepNorm::L2(Scope::PerExample);
         let p = target.point();
@@ -118,7 +118,7 @@ impl Vat {
         rng: &mut Rng,
     ) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         Ok((self.direction(target, logits_fn, clean_logits, rng)? * self.eps)?)
     }
@@ -132,7 +132,7 @@ impl Vat {
         rng: &mut Rng,
     ) -> Result<Tensor>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let r = self.perturbation(target, logits_fn, clean_logits, rng)?;
         let logits = logits_fn(&target.perturb(&r)?)?;
@@ -149,8 +149,8 @@ impl Vat {
         rng: &mut Rng,
     ) -> Result<Step>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
-        L: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+        L: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let clean_logits = logits_fn(target.point())?;
         let clean = task_loss(&clean_logits)?;

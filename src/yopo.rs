@@ -72,8 +72,8 @@ impl Yopo {
         rng: &mut Rng,
     ) -> Result<(Step, Tensor)>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
-        R: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+        R: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let ball = Ball::for_norm(self.norm, self.eps)?;
         let mut delta = match self.start {
@@ -151,8 +151,8 @@ impl Yopo {
     /// One training step: m full passes (plus m * n passes through the first layer only).
     pub fn step<G, R>(&self, target: &Target, first: &G, rest: &R, rng: &mut Rng) -> Result<Step>
     where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor>,
-        R: Fn(&Tensor) -> candle_core::Result<Tensor>,
+        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+        R: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         Ok(self.run(target, first, rest, rng)?.0)
     }
