@@ -120,7 +120,7 @@ fn train(method: &str) -> advtrain::Result<(f32, f32, advtrain::Passes)> {
 fn main() {
     // SAFETY: set before any other thread exists and before any backward pass (gradient penalty needs
     // second order; cargo sets it too, through .cargo/config.toml).
-    unsafe { std::env::set_var(advtrain::second_order::ENV_VAR, "1") };
+    unsafe { advtrain::second_order::enable_for_new_threads() };
     println!(
         "{:<18} {:>12} {:>12} {:>8} {:>9}",
         "method", "loss before", "loss after", "forward", "backward"

@@ -36,6 +36,12 @@ pub struct Check {
     pub expected: String,
     /// Whether it is.
     pub pass: bool,
+    /// The measured points behind the figure, `(step, error)` for order fits (empty otherwise).
+    pub points: Vec<(f64, f64)>,
+}
+
+fn zip_points(steps: &[f64], errors: &[f64]) -> Vec<(f64, f64)> {
+    steps.iter().copied().zip(errors.iter().copied()).collect()
 }
 
 /// The order every FGM = gradient-penalty check must reach: the error is O(eps^2).
@@ -101,6 +107,7 @@ pub fn fgm_matches_gradient_penalty(setup: Setup, norm: StepNorm) -> Result<Chec
         measured: fit.slope,
         expected: format!("{FGM_ORDER} +- {ORDER_2_TOLERANCE}"),
         pass: (fit.slope - FGM_ORDER).abs() <= ORDER_2_TOLERANCE,
+        points: zip_points(&steps, &errors),
     })
 }
 
@@ -174,6 +181,7 @@ pub fn noise_matches_laplacian() -> Result<Check> {
         measured: fit.slope,
         expected: format!("{NOISE_ORDER} +- {ORDER_4_TOLERANCE}"),
         pass: (fit.slope - NOISE_ORDER).abs() <= ORDER_4_TOLERANCE,
+        points: zip_points(&sigmas, &residuals),
     })
 }
 
@@ -220,6 +228,7 @@ pub fn target_shift_matches_gradient_norms(divergence: Divergence) -> Result<Che
         measured: fit.slope,
         expected: format!("{NOISE_ORDER} +- {ORDER_4_TOLERANCE}"),
         pass: (fit.slope - NOISE_ORDER).abs() <= ORDER_4_TOLERANCE,
+        points: zip_points(&sigmas, &residuals),
     })
 }
 
@@ -246,6 +255,7 @@ pub fn hutchinson_is_unbiased(kind: ProbeKind, probes: usize) -> Result<Check> {
         measured: z,
         expected: format!("|z| <= {MAX_Z}"),
         pass: z.abs() <= MAX_Z,
+        points: Vec::new(),
     })
 }
 
@@ -298,6 +308,7 @@ pub fn rademacher_variance_below_gaussian(probes: usize) -> Result<Check> {
         measured: ratio,
         expected: "<= 1, both = theory".into(),
         pass: ratio <= 1.0 && within,
+        points: Vec::new(),
     })
 }
 
@@ -335,6 +346,7 @@ pub fn projection_is_unbiased(divergence: Divergence, projections: usize) -> Res
         measured: z,
         expected: format!("|z| <= {MAX_Z}"),
         pass: z.abs() <= MAX_Z,
+        points: Vec::new(),
     })
 }
 
@@ -384,6 +396,7 @@ pub fn curvature_finite_difference_converges() -> Result<Check> {
         measured: fit.slope,
         expected: format!("{FGM_ORDER} +- {ORDER_2_TOLERANCE}"),
         pass: (fit.slope - FGM_ORDER).abs() <= ORDER_2_TOLERANCE,
+        points: zip_points(&steps, &errors),
     })
 }
 
@@ -421,6 +434,7 @@ pub fn penalty_finite_difference_converges(setup: Setup) -> Result<Check> {
         measured: fit.slope,
         expected: format!("{FGM_ORDER} +- {ORDER_2_TOLERANCE}"),
         pass: (fit.slope - FGM_ORDER).abs() <= ORDER_2_TOLERANCE,
+        points: zip_points(&steps, &errors),
     })
 }
 
@@ -483,6 +497,7 @@ pub fn spectral_norm_recovers_known_spectrum() -> Result<Check> {
         measured: worst,
         expected: "<= 1e-8".into(),
         pass: worst <= 1e-8,
+        points: Vec::new(),
     })
 }
 
@@ -527,6 +542,7 @@ pub fn spectral_norm_gradient_is_outer_product() -> Result<Check> {
         measured: error,
         expected: "<= 1e-6".into(),
         pass: error <= 1e-6,
+        points: Vec::new(),
     })
 }
 
@@ -553,6 +569,7 @@ pub fn lipschitz_bound_holds(pairs: usize) -> Result<Check> {
         measured: worst / bound,
         expected: "<= 1".into(),
         pass: worst <= bound,
+        points: Vec::new(),
     })
 }
 

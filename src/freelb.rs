@@ -13,7 +13,7 @@
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{CleanPass, Passes, Step, scale_all};
+use crate::step::{CleanPass, Passes, Step, plain, scale_all};
 use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::Tensor;
@@ -138,17 +138,7 @@ impl FreeLb {
         }
         self.iteration += 1;
         if self.iteration <= self.warmup {
-            let clean = CleanPass::from(target.loss_and_gradient(loss_fn)?);
-            return Ok(Step {
-                loss: clean.loss.clone(),
-                clean_loss: clean.loss,
-                grads: clean.grads,
-                passes: Passes {
-                    forward: 1,
-                    backward: 1,
-                    double_backward: 0,
-                },
-            });
+            return plain(target, loss_fn);
         }
         let mut delta = self.initial(target, rng)?;
         let mut total: Option<Step> = None;

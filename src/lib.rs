@@ -51,12 +51,34 @@
 //! # }
 //! ```
 
-// The README's example is compiled and run as a doctest.
+// The README's example and every Rust block of the book are compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 mod readme {}
+#[cfg(doctest)]
+mod book {
+    #[doc = include_str!("../book/src/introduction.md")]
+    mod introduction {}
+    #[doc = include_str!("../book/src/min_max.md")]
+    mod min_max {}
+    #[doc = include_str!("../book/src/noise.md")]
+    mod noise {}
+    #[doc = include_str!("../book/src/target_shift.md")]
+    mod target_shift {}
+    #[doc = include_str!("../book/src/fgm_and_gradient_penalty.md")]
+    mod fgm_and_gradient_penalty {}
+    #[doc = include_str!("../book/src/geometry.md")]
+    mod geometry {}
+    #[doc = include_str!("../book/src/l_constraint.md")]
+    mod l_constraint {}
+    #[doc = include_str!("../book/src/methods.md")]
+    mod methods {}
+    #[doc = include_str!("../book/src/experiments.md")]
+    mod experiments {}
+}
 
 pub mod ball;
+pub mod device;
 pub mod dropout;
 pub mod equivalence;
 pub mod error;

@@ -7,7 +7,7 @@ use std::time::Instant;
 fn main() -> ExitCode {
     // SAFETY: set before any other thread exists and before any backward pass, so every thread that
     // candle starts reads the same value (second-order gradients on).
-    unsafe { std::env::set_var(advtrain::second_order::ENV_VAR, "1") };
+    unsafe { advtrain::second_order::enable_for_new_threads() };
     let started = Instant::now();
     println!("advtrain: verifying every equivalence (f64, CPU, fixed seeds)\n");
     match advtrain::equivalence::all() {

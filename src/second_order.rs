@@ -48,3 +48,14 @@ pub fn require(what: &'static str) -> Result<()> {
         Err(Error::SecondOrderDisabled { what })
     }
 }
+
+/// Sets `CANDLE_GRAD_DO_NOT_DETACH=1` for this process, so that every thread whose first backward pass
+/// comes later gets second-order gradients. Call it first thing in `main` (or a notebook's first cell).
+/// A thread that already ran a backward pass keeps its setting; [`is_enabled`] tells.
+///
+/// # Safety
+/// It calls `std::env::set_var`: no other thread may read or write the environment at the same time.
+/// At the start of `main`, before any thread is spawned, that holds.
+pub unsafe fn enable_for_new_threads() {
+    unsafe { std::env::set_var(ENV_VAR, "1") };
+}

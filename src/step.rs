@@ -99,6 +99,28 @@ pub fn combine(
     })
 }
 
+/// Plain training as a [`Step`]: one forward and one backward pass at the unperturbed point. The
+/// baseline every method is compared with, and FreeLB's warm-up.
+pub fn plain<F>(target: &crate::target::Target, loss_fn: &F) -> Result<Step>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+{
+    let loss = target.loss(loss_fn)?;
+    let mut grads = loss.backward()?;
+    detach_all(&mut grads);
+    let loss = loss.detach();
+    Ok(Step {
+        loss: loss.clone(),
+        clean_loss: loss,
+        grads,
+        passes: Passes {
+            forward: 1,
+            backward: 1,
+            double_backward: 0,
+        },
+    })
+}
+
 /// Multiplies every gradient in `grads` by `factor`.
 pub fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
     let ids: Vec<_> = grads.get_ids().copied().collect();

@@ -173,3 +173,17 @@ fn accumulating_two_half_batches_gives_the_full_batch_gradient() {
     assert_eq!(out.passes.forward, 2);
     assert!(Accumulator::new(0).is_err());
 }
+
+#[test]
+fn plain_step_is_one_forward_and_one_backward_at_the_point() {
+    let p = problem(Setup::MlpInput, 2).unwrap();
+    let step = advtrain::step::plain(&p.target, &p.loss).unwrap();
+    assert_eq!(step.passes, passes(1, 1, 0));
+    let direct = p.target.loss(&p.loss).unwrap().backward().unwrap();
+    let err = advtrain::verify::relative_error(
+        &advtrain::verify::flat_gradient(&p.vars, &step.grads).unwrap(),
+        &advtrain::verify::flat_gradient(&p.vars, &direct).unwrap(),
+    )
+    .unwrap();
+    assert!(err < 1e-15);
+}
