@@ -101,18 +101,19 @@ pub fn loglog(
                 });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
-        if let (Some(slope), Some((_, first))) = (reference, series.first()) {
-            if let Some(&(xa, ya)) = first.first() {
-                let line: Vec<(f64, f64)> = [x0, x1]
-                    .iter()
-                    .map(|&x| (x, ya * (x / xa).powf(slope)))
-                    .collect();
-                let gray = BLACK.mix(0.5);
-                chart
-                    .draw_series(DashedLineSeries::new(line, 6, 4, gray.stroke_width(1)))?
-                    .label(format!("slope {slope}"))
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], gray));
-            }
+        if let (Some(slope), Some(&(xa, ya))) = (
+            reference,
+            series.first().and_then(|(_, first)| first.first()),
+        ) {
+            let line: Vec<(f64, f64)> = [x0, x1]
+                .iter()
+                .map(|&x| (x, ya * (x / xa).powf(slope)))
+                .collect();
+            let gray = BLACK.mix(0.5);
+            chart
+                .draw_series(DashedLineSeries::new(line, 6, 4, gray.stroke_width(1)))?
+                .label(format!("slope {slope}"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], gray));
         }
         chart
             .configure_series_labels()
