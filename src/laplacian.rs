@@ -313,18 +313,12 @@ impl Laplacian {
                     let q = second_difference(target, loss_fn, &clean, &v, h)?;
                     objective = (objective + (q * weight)?)?;
                 }
-                let mut grads = objective.backward()?;
-                detach_all(&mut grads);
-                Ok(Step {
-                    loss: objective.detach(),
-                    clean_loss: clean.detach(),
-                    grads,
-                    passes: Passes {
-                        forward: 1 + 2 * self.probes,
-                        backward: 1 + 2 * self.probes,
-                        double_backward: 0,
-                    },
-                })
+                let passes = Passes {
+                    forward: 1 + 2 * self.probes,
+                    backward: 1 + 2 * self.probes,
+                    double_backward: 0,
+                };
+                Step::from_objective(&objective, &clean, passes)
             }
         }
     }

@@ -12,7 +12,7 @@
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{Passes, Step, detach_all};
+use crate::step::{Passes, Step};
 use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::{D, Tensor, Var};
@@ -138,16 +138,12 @@ impl Smart {
             &(rng.normal(p.shape(), p.dtype(), p.device())? * self.noise_var.sqrt())?,
         )?;
         for _ in 0..self.steps {
-            let var = Var::from_tensor(&delta)?;
-            let outputs = output_fn(&target.perturb(var.as_tensor())?)?;
-            let g = self
-                .divergence
-                .loss(&outputs, &reference)?
-                .backward()?
-                .remove(var.as_tensor())
-                .ok_or_else(|| Error::NoGradient {
-                    target: target.kind().to_string(),
-                })?
+            let divergence = |point: &Tensor| -> candle_core::Result<Tensor> {
+                Ok(self.divergence.loss(&output_fn(point)?, &reference)?)
+            };
+            let g = target
+                .loss_and_gradient_at(&divergence, &delta)?
+                .gradient
                 .detach();
             target.check_gradient_value(&g, true)?;
             delta = (&delta + (self.norm.direction(target, &g)? * self.step_size)?)?;
@@ -189,19 +185,12 @@ impl Smart {
         let clean_outputs = output_fn(target.point())?;
         let clean = task_loss(&clean_outputs)?;
         let regulariser = self.regulariser(target, output_fn, &clean_outputs, rng)?;
-        let objective = (&clean + regulariser)?;
-        let mut grads = objective.backward()?;
-        detach_all(&mut grads);
-        Ok(Step {
-            loss: objective.detach(),
-            clean_loss: clean.detach(),
-            grads,
-            passes: Passes {
-                forward: 2 + self.steps,
-                backward: 1 + self.steps,
-                double_backward: 0,
-            },
-        })
+        let passes = Passes {
+            forward: 2 + self.steps,
+            backward: 1 + self.steps,
+            double_backward: 0,
+        };
+        Step::from_objective(&(&clean + regulariser)?, &clean, passes)
     }
 }
 

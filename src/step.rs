@@ -134,6 +134,19 @@ pub fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
 }
 
 impl Step {
+    /// The step that trains on `objective` (its gradients, detached), reporting `clean` as the clean
+    /// loss.
+    pub fn from_objective(objective: &Tensor, clean: &Tensor, passes: Passes) -> Result<Step> {
+        let mut grads = objective.backward()?;
+        detach_all(&mut grads);
+        Ok(Step {
+            loss: objective.detach(),
+            clean_loss: clean.detach(),
+            grads,
+            passes,
+        })
+    }
+
     /// The same step with its loss and gradients multiplied by `factor` (e.g. 1 / accumulation steps).
     pub fn scaled(mut self, factor: f64) -> Result<Step> {
         crate::error::check_non_negative("factor", factor)?;

@@ -16,7 +16,7 @@
 //! All quantities are averaged over the batch, like the losses. Book chapter: "Target shift".
 
 use crate::error::{check_count, check_non_negative};
-use crate::step::{Passes, Step, detach_all};
+use crate::step::{Passes, Step};
 use crate::target::Target;
 use crate::{Error, Result, Rng, second_order};
 use candle_core::{D, Tensor};
@@ -241,19 +241,13 @@ impl TargetShift {
         let (outputs, probe) = outputs_at_point(target, output_fn)?;
         let (regulariser, backwards) = self.regulariser_from(&outputs, &probe, rng)?;
         let clean = loss_fn(&outputs)?;
-        let objective = (&clean + &regulariser)?;
-        let mut grads = objective.backward()?;
-        grads.remove(&probe);
-        detach_all(&mut grads);
-        Ok(Step {
-            loss: objective.detach(),
-            clean_loss: clean.detach(),
-            grads,
-            passes: Passes {
-                forward: 1,
-                backward: backwards + 1,
-                double_backward: 1,
-            },
-        })
+        let passes = Passes {
+            forward: 1,
+            backward: backwards + 1,
+            double_backward: 1,
+        };
+        let mut step = Step::from_objective(&(&clean + &regulariser)?, &clean, passes)?;
+        step.grads.remove(&probe);
+        Ok(step)
     }
 }

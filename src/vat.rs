@@ -11,10 +11,10 @@
 
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{Passes, Step, detach_all};
+use crate::step::{Passes, Step};
 use crate::target::Target;
 use crate::{Error, Result, Rng};
-use candle_core::{D, Tensor, Var};
+use candle_core::{D, Tensor};
 
 /// `KL(softmax(reference) || softmax(logits))`, summed over classes and averaged over the batch; the
 /// reference is taken as given (detach it for VAT).
@@ -94,14 +94,12 @@ impl Vat {
             &target.apply_mask(&rng.normal(p.shape(), p.dtype(), p.device())?)?,
         )?;
         for _ in 0..self.power_iterations {
-            let var = Var::from_tensor(&(&d * self.xi)?)?;
-            let logits = logits_fn(&target.perturb(var.as_tensor())?)?;
-            let g = kl_from_logits(&reference, &logits)?
-                .backward()?
-                .remove(var.as_tensor())
-                .ok_or_else(|| Error::NoGradient {
-                    target: target.kind().to_string(),
-                })?
+            let kl = |point: &Tensor| -> candle_core::Result<Tensor> {
+                Ok(kl_from_logits(&reference, &logits_fn(point)?)?)
+            };
+            let g = target
+                .loss_and_gradient_at(&kl, &(&d * self.xi)?)?
+                .gradient
                 .detach();
             target.check_gradient_value(&g, true)?;
             d = unit.direction(target, &g)?;
@@ -155,17 +153,11 @@ impl Vat {
         let clean_logits = logits_fn(target.point())?;
         let clean = task_loss(&clean_logits)?;
         let objective = (&clean + self.regulariser(target, logits_fn, &clean_logits, rng)?)?;
-        let mut grads = objective.backward()?;
-        detach_all(&mut grads);
-        Ok(Step {
-            loss: objective.detach(),
-            clean_loss: clean.detach(),
-            grads,
-            passes: Passes {
-                forward: 2 + self.power_iterations,
-                backward: 1 + self.power_iterations,
-                double_backward: 0,
-            },
-        })
+        let passes = Passes {
+            forward: 2 + self.power_iterations,
+            backward: 1 + self.power_iterations,
+            double_backward: 0,
+        };
+        Step::from_objective(&objective, &clean, passes)
     }
 }

@@ -103,15 +103,10 @@ impl Yopo {
             detach_all(&mut grads);
             // n cheap steps through the first layer only.
             for _ in 0..self.inner {
-                let var = Var::from_tensor(&delta)?;
-                let hamiltonian =
-                    (first(&target.perturb(var.as_tensor())?)? * &costate)?.sum_all()?;
-                let g = hamiltonian
-                    .backward()?
-                    .remove(var.as_tensor())
-                    .ok_or_else(|| Error::NoGradient {
-                        target: target.kind().to_string(),
-                    })?
+                let hamiltonian = |point: &Tensor| (first(point)? * &costate)?.sum_all();
+                let g = target
+                    .loss_and_gradient_at(&hamiltonian, &delta)?
+                    .gradient
                     .detach();
                 let moved = (&delta + (self.norm.direction(target, &g)? * self.alpha)?)?;
                 delta = ball.project(target, &moved)?;
