@@ -61,8 +61,8 @@ fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
     )
 }
 
-/// Log-log plot of each series, and a dashed reference line of slope `reference` through the first
-/// series' first point.
+/// Log-log plot of each series, and a dashed reference line of slope `reference`, drawn a factor 5
+/// below the lowest point so that it does not hide a series of the same slope.
 pub fn loglog(
     title: &str,
     x_label: &str,
@@ -79,7 +79,7 @@ pub fn loglog(
             .y_label_area_size(60)
             .build_cartesian_2d(
                 (x0 * 0.8..x1 * 1.25).log_scale(),
-                (y0 * 0.5..y1 * 2.0).log_scale(),
+                (y0 * 0.1..y1 * 2.0).log_scale(),
             )?;
         chart
             .configure_mesh()
@@ -101,10 +101,9 @@ pub fn loglog(
                 });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
-        if let (Some(slope), Some(&(xa, ya))) = (
-            reference,
-            series.first().and_then(|(_, first)| first.first()),
-        ) {
+        if let Some(slope) = reference {
+            // Through (x0, y0 / 5), or through (x1, y0 / 5) for a negative slope.
+            let (xa, ya) = (if slope >= 0.0 { x0 } else { x1 }, y0 / 5.0);
             let line: Vec<(f64, f64)> = [x0, x1]
                 .iter()
                 .map(|&x| (x, ya * (x / xa).powf(slope)))
@@ -117,6 +116,7 @@ pub fn loglog(
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
