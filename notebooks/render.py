@@ -43,7 +43,14 @@ def main():
                 lines.append(cell.source + "\n")
                 continue
             lines.append("```rust,ignore\n" + cell.source + "\n```\n")
+            pending = ""  # consecutive stream outputs (evcxr sends stdout in pieces) become one block
             for out in cell.get("outputs", []):
+                if out.output_type == "stream":
+                    pending += out.text
+                    continue
+                if pending.strip():
+                    lines.append("```text\n" + pending.rstrip() + "\n```\n")
+                pending = ""
                 svg = svg_of(out)
                 if svg:
                     figure += 1
@@ -55,6 +62,8 @@ def main():
                 text = text_of(out)
                 if text and text.strip():
                     lines.append("```text\n" + text.rstrip() + "\n```\n")
+            if pending.strip():
+                lines.append("```text\n" + pending.rstrip() + "\n```\n")
         with open(os.path.join(book, "notebooks", name + ".md"), "w") as f:
             f.write("\n".join(lines))
         print(f"rendered {name}: {figure} figures")
