@@ -2,6 +2,7 @@
 """Execute every notebook headlessly with the evcxr kernel and fail on any sign of failure.
 
 Usage: python3 notebooks/run.py OUT_DIR [NAME ...]
+       NOTEBOOKS_DIR=DIR python3 notebooks/run.py OUT_DIR   (notebooks from another folder)
 
 A notebook fails when nbclient raises (a compile error, a dead kernel after a panic: the prelude in
 notebooks/evcxr aborts on panic), when any output is an error, or when anything is written to stderr
@@ -34,7 +35,8 @@ def main():
     os.environ["EVCXR_CONFIG_DIR"] = os.path.join(HERE, "evcxr")
     os.environ["CANDLE_GRAD_DO_NOT_DETACH"] = "1"
     failed = []
-    for path in sorted(glob.glob(os.path.join(HERE, "*.ipynb"))):
+    folder = os.environ.get("NOTEBOOKS_DIR", HERE)
+    for path in sorted(glob.glob(os.path.join(folder, "*.ipynb"))):
         name = os.path.splitext(os.path.basename(path))[0]
         if wanted and name not in wanted:
             continue
@@ -44,7 +46,7 @@ def main():
             timeout=1800,
             kernel_name="rust",
             allow_errors=True,
-            resources={"metadata": {"path": HERE}},
+            resources={"metadata": {"path": folder}},
         )
         started = time.time()
         error = None
