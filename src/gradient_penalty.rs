@@ -2,7 +2,7 @@
 //!
 //! `P` is the dual penalty of a [`StepNorm`]: `||g||^2 / 2` (raw), `||g||` (L2) or `||g||_1` (sign),
 //! so `GradientPenalty::new(eps).with_norm(n)` and `Fgm::new(eps).with_norm(n)` (adversarial only)
-//! give the same weight gradient up to O(eps^2) (see [`crate::norm`], and eq. (11)-(13) of the seed
+//! give the same weight gradient up to O(eps^2) (see [`crate::norm`], and eq. (11)-(16) of the seed
 //! article). Two ways to get `grad_theta P`:
 //!
 //! * [`PenaltyMethod::DoubleBackward`]: differentiate the gradient exactly (needs second order on;

@@ -2,7 +2,7 @@
 //!
 //! For a gradient `g = dL/dx` and a step `x + eps * d(g)` with `d(g)` held constant, a Taylor expansion
 //! in eps gives `grad_theta L(x + eps d) = grad_theta [L + eps * P(g)] + O(eps^2)`, where `P` is the
-//! penalty whose gradient in `g` is `d` (book chapter "FGM and gradient penalty", and eq. (10)-(12) of
+//! penalty whose gradient in `g` is `d` (book chapter "FGM and gradient penalty", and eq. (11)-(16) of
 //! the seed article on generalisation):
 //!
 //! | [`StepNorm`]   | direction `d(g)` | penalty `P(g)` |

@@ -3,8 +3,8 @@
 //! In candle 0.11 the fused `candle_nn::LayerNorm` (on contiguous input), `ops::layer_norm`, `RmsNorm`
 //! and `ops::softmax_last_dim` are built without a backward pass: a perturbation upstream of them gets
 //! no gradient, or a silently wrong one. The functions here are composites of differentiable ops, so
-//! they work to any order (checked by finite differences in `tests/ops.rs`). Book chapter: "Min-max",
-//! section on perturbing embeddings.
+//! they work to any order (checked by finite differences in `tests/ops.rs`). Book: "Introduction",
+//! section "Two facts about candle".
 
 use crate::Result;
 use candle_core::{D, Module, Tensor};

@@ -3,7 +3,7 @@
 //! candle's CPU random tensors cannot be seeded (`Device::Cpu.set_seed` returns an error), so every
 //! noise draw, Hutchinson probe and initial weight in advtrain comes from this [`Rng`]: a ChaCha8 stream
 //! drawn on the host in f64 and copied to the tensor's device and dtype. Same seed, same numbers, on every
-//! platform and device. Book chapter: "Noise" (sampling) and the appendix on reproducibility.
+//! platform and device. Book: "Noise" (sampling), and "Introduction", section "How a result is checked" (fixed seeds).
 
 use crate::Result;
 use candle_core::{DType, Device, Shape, Tensor};

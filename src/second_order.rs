@@ -5,7 +5,8 @@
 //! pass. Without it, gradient penalty, Hessian-vector products and a trained Hutchinson estimate come out
 //! silently wrong. Every function of advtrain that differentiates a gradient calls [`require`] first and
 //! returns [`Error::SecondOrderDisabled`](crate::Error::SecondOrderDisabled) instead of a wrong number.
-//! Book chapter: "FGM and gradient penalty", section on second order in candle.
+//! Book: "Introduction", section "Two facts about candle", and "FGM and gradient penalty", section
+//! "Computing the penalty's gradient".
 
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};

@@ -3,8 +3,8 @@
 //!
 //! Every equivalence in this crate is an asymptotic statement, "A - B = O(eps^p)". One tolerance at one
 //! eps proves little; fitting the slope p of log|A - B| against log eps over two or more decades does.
-//! Tests, the `advtrain` binary, the notebooks and the book all use these functions. Book chapter:
-//! "FGM and gradient penalty", section "Checking an equivalence".
+//! Tests, the `advtrain` binary, the notebooks and the book all use these functions. Book: "Introduction",
+//! section "How a result is checked".
 
 use crate::target::Target;
 use crate::{Error, Result};
