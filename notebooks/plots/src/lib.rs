@@ -61,6 +61,32 @@ fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
     )
 }
 
+/// Draws each named series as a line (with point markers if `markers`) and registers its legend entry.
+fn draw_series<X, Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    series: &[Series],
+    markers: bool,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        if markers {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+    }
+    Ok(())
+}
+
 /// Log-log plot of each series, and a dashed reference line of slope `reference`, drawn a factor 5
 /// below the lowest point so that it does not hide a series of the same slope.
 pub fn loglog(
@@ -88,19 +114,7 @@ pub fn loglog(
             .x_label_formatter(&|v| format!("{v:.0e}"))
             .y_label_formatter(&|v| format!("{v:.0e}"))
             .draw()?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))?
-                .label(*name)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-        }
+        draw_series(&mut chart, series, true)?;
         if let Some(slope) = reference {
             // Through (x0, y0 / 5), or through (x1, y0 / 5) for a negative slope.
             let (xa, ya) = (if slope >= 0.0 { x0 } else { x1 }, y0 / 5.0);
@@ -140,18 +154,7 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Fi
             .x_desc(x_label)
             .y_desc(y_label)
             .draw()?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))?
-                .label(*name)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-        }
+        draw_series(&mut chart, series, false)?;
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
