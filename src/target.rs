@@ -263,21 +263,8 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (point, probe) = self.probe_point()?;
-        let loss = scalar_loss(loss_fn(&point)?)?;
-        let mut grads = loss.backward()?;
-        let gradient = match self.var {
-            Some(_) => grads.get(&probe).cloned(),
-            None => grads.remove(&probe),
-        }
-        .ok_or_else(|| Error::NoGradient {
-            target: self.kind.to_string(),
-        })?;
-        Ok(PointGradient {
-            loss,
-            grads,
-            gradient,
-            probe,
-        })
+        // A weight's gradient is also the weight's own update: it stays in the store.
+        self.gradient_through(loss_fn, &point, probe, self.var.is_some())
     }
 
     /// One forward and one backward pass at `point + mask * delta`: the loss, every variable's gradient,
@@ -289,18 +276,37 @@ impl Target {
     {
         self.check_delta(delta)?;
         let var = Var::from_tensor(&delta.detach())?;
-        let loss = self.loss_at(loss_fn, var.as_tensor())?;
+        let point = self.perturb(var.as_tensor())?;
+        self.gradient_through(loss_fn, &point, var.as_tensor().clone(), false)
+    }
+
+    /// The loss at `point` (built from `probe`), its backward pass, and the gradient at `probe`, which
+    /// is removed from the store unless `keep_probe`.
+    fn gradient_through<F>(
+        &self,
+        loss_fn: &F,
+        point: &Tensor,
+        probe: Tensor,
+        keep_probe: bool,
+    ) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        let loss = scalar_loss(loss_fn(point)?)?;
         let mut grads = loss.backward()?;
-        let gradient = grads
-            .remove(var.as_tensor())
-            .ok_or_else(|| Error::NoGradient {
-                target: self.kind.to_string(),
-            })?;
+        let gradient = if keep_probe {
+            grads.get(&probe).cloned()
+        } else {
+            grads.remove(&probe)
+        }
+        .ok_or_else(|| Error::NoGradient {
+            target: self.kind.to_string(),
+        })?;
         Ok(PointGradient {
             loss,
             grads,
             gradient,
-            probe: var.as_tensor().clone(),
+            probe,
         })
     }
 
