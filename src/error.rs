@@ -71,6 +71,14 @@ pub enum Error {
         "{what} is not finite (NaN or infinity); fix: check the inputs and the learning rate, or lower eps"
     )]
     NonFinite { what: String },
+    /// A data file is missing, unreadable or malformed (`line` is 1-based, where one is known).
+    #[error("{path}{}: {reason}; fix: {fix}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Data {
+        path: String,
+        line: Option<usize>,
+        reason: String,
+        fix: String,
+    },
     /// An error from candle itself.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

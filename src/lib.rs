@@ -123,3 +123,6 @@ pub use target::{Target, TargetKind};
 pub use target_shift::{Divergence, TargetShift};
 pub use vat::Vat;
 pub use yopo::Yopo;
+
+#[cfg(feature = "experiments")]
+pub mod experiments;

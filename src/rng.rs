@@ -40,6 +40,14 @@ impl Rng {
         lo + (hi - lo) * self.inner.random::<f64>()
     }
 
+    /// The numbers `0..n` in a random order (Fisher-Yates), e.g. to shuffle a data set.
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut self.inner);
+        order
+    }
+
     /// `n` values drawn by `draw`, as a tensor of `shape`, `dtype` on `device`.
     fn tensor_from(
         &mut self,
