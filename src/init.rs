@@ -40,10 +40,16 @@ impl SeededVarMap {
 
     /// All variables, sorted by name so the order is reproducible.
     pub fn all_vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// All variables with their names, sorted by name.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().expect("VarMap lock poisoned");
-        let mut named: Vec<(&String, &Var)> = data.iter().collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
+        let mut named: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
     }
 
     fn draw(&self, shape: &Shape, init: Init, dtype: DType, device: &Device) -> Result<Tensor> {

@@ -6,5 +6,21 @@
 //! | module | concept |
 //! |---|---|
 //! | [`data`] | THUCNews, Rotten Tomatoes, MNIST and CLUE JSONL loaders, seeded splits |
+//! | [`tokenize`] | WordPiece tokenisation (`tokenizers`), padded batches |
+//! | [`layers`] | dense and convolution layers with optional spectral normalisation |
+//! | [`encoder`] | the BERT-style text classifier (from scratch, or MiniLM's weights) |
+//! | [`cnn`] | the MNIST convolutional network |
+//! | [`checkpoint`] | Adam with saveable state; checkpoints to resume a run exactly |
+//! | [`run`] | the runner: methods x seeds x epochs, one row of metrics per epoch |
+//! | [`report`] | results CSV, summary table, figures |
+//! | [`cli`] | the `experiment` command line |
 
+pub mod checkpoint;
+pub mod cli;
+pub mod cnn;
 pub mod data;
+pub mod encoder;
+pub mod layers;
+pub mod report;
+pub mod run;
+pub mod tokenize;

@@ -1,0 +1,633 @@
+//! The experiments' runner: every method on a task, over seeds, with a checkpoint per epoch and a row
+//! of metrics per epoch. It owns the training loop (the library does not); each method is called
+//! exactly as a user would call it. Book: "Experiments".
+//!
+//! Reproducibility: the model's initial weights come from the seed; the data order and every random
+//! draw of epoch `e` come from `Rng::new(mix(seed, e))`, so a run resumed from the checkpoint of epoch
+//! `e - 1` continues exactly as the uninterrupted run would.
+
+use super::checkpoint::{self, Adam};
+use super::cnn::Cnn;
+use super::data::{
+    Examples, ImageDataset, Split, TextDataset, mnist_csv, split, subsample, thucnews,
+};
+use super::encoder::{EncoderConfig, TextClassifier};
+use super::tokenize::{TextTokenizer, pad_batch};
+use crate::step::plain;
+use crate::{
+    Error, Fgm, FreeLb, GradientPenalty, Noise, Passes, Pgd, Result, Rng, Scope, Step, StepNorm,
+    Target, Vat,
+};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A training method of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Baseline,
+    Noise,
+    Fgm,
+    GradientPenalty,
+    Pgd,
+    FreeLb,
+    Vat,
+    SpectralNorm,
+}
+
+impl Method {
+    /// Every method, in the order tables list them.
+    pub const ALL: [Method; 8] = [
+        Method::Baseline,
+        Method::Noise,
+        Method::Fgm,
+        Method::GradientPenalty,
+        Method::Pgd,
+        Method::FreeLb,
+        Method::Vat,
+        Method::SpectralNorm,
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::Noise => "noise",
+            Method::Fgm => "fgm",
+            Method::GradientPenalty => "gradient-penalty",
+            Method::Pgd => "pgd",
+            Method::FreeLb => "freelb",
+            Method::Vat => "vat",
+            Method::SpectralNorm => "spectral-norm",
+        }
+    }
+
+    /// The method called `name`.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "--methods",
+                reason: format!("unknown method {name:?}"),
+                fix: format!("use some of: {}", Self::ALL.map(Method::name).join(", ")),
+            })
+    }
+}
+
+/// The data set and model of an experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Experiment {
+    /// THUCNews headlines, the small transformer from scratch (the TNEWS stand-in).
+    Thucnews,
+    /// MNIST 5k, the small CNN, with robust accuracy under FGSM and PGD.
+    Mnist,
+}
+
+impl Experiment {
+    /// The experiment called `name`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "thucnews" => Ok(Self::Thucnews),
+            "mnist" => Ok(Self::Mnist),
+            other => Err(Error::InvalidArgument {
+                name: "experiment",
+                reason: format!("unknown experiment {other:?}"),
+                fix: "use thucnews or mnist".into(),
+            }),
+        }
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Thucnews => "thucnews",
+            Self::Mnist => "mnist",
+        }
+    }
+
+    /// Epochs when `--epochs` is not given.
+    pub fn default_epochs(self, quick: bool) -> usize {
+        match (self, quick) {
+            (_, true) => 2,
+            (Self::Thucnews, false) => 3,
+            (Self::Mnist, false) => 10,
+        }
+    }
+
+    /// The methods that apply (all of them, for both).
+    pub fn methods(self) -> Vec<Method> {
+        Method::ALL.to_vec()
+    }
+}
+
+/// How an experiment runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub experiment: Experiment,
+    pub methods: Vec<Method>,
+    pub seeds: usize,
+    pub epochs: usize,
+    /// A small subset and short sequences: minutes, for smoke tests.
+    pub quick: bool,
+    /// Where data/ is.
+    pub data_dir: PathBuf,
+    /// Where results, checkpoints and figures go.
+    pub out_dir: PathBuf,
+    /// Print a line per epoch.
+    pub verbose: bool,
+}
+
+/// Hyper-parameters of the methods for one experiment.
+#[derive(Clone, Copy, Debug)]
+pub struct Hyper {
+    /// FGM / PGD radius, gradient-penalty weight, VAT radius, FreeLB's projection radius.
+    pub eps: f64,
+    /// Noise standard deviation per coordinate.
+    pub sigma: f64,
+    pub lr: f64,
+    pub batch: usize,
+    /// Robust-accuracy attack radius (L-infinity), MNIST only.
+    pub attack_eps: f64,
+}
+
+impl Experiment {
+    /// The hyper-parameters used for every method of this experiment.
+    pub fn hyper(self) -> Hyper {
+        match self {
+            // Per-sentence L2 radius: a headline's word embeddings have norm about 1 at init (0.02 x
+            // sqrt(128) per token, about 20 tokens); 0.5 stopped every gradient-based method learning.
+            Self::Thucnews => Hyper {
+                eps: 0.05,
+                sigma: 0.01,
+                lr: 1e-3,
+                batch: 64,
+                attack_eps: 0.0,
+            },
+            // Per-image L2 radius; an MNIST image has L2 norm about 9.
+            Self::Mnist => Hyper {
+                eps: 1.0,
+                sigma: 0.1,
+                lr: 1e-3,
+                batch: 64,
+                attack_eps: 0.1,
+            },
+        }
+    }
+}
+
+/// One row of the results table: a run's metrics after one epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochRow {
+    pub experiment: String,
+    pub method: String,
+    pub seed: u64,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub dev_accuracy: f64,
+    pub test_accuracy: f64,
+    /// Test accuracy under FGSM / PGD-10 (L-infinity, `attack_eps`); NaN where not measured.
+    pub fgsm_accuracy: f64,
+    pub pgd_accuracy: f64,
+    pub passes_forward: usize,
+    pub passes_backward: usize,
+    pub seconds: f64,
+}
+
+/// Mixes a seed and an epoch into one seed.
+fn mix(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (epoch as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+/// One method's step on a batch, called as a user would.
+fn method_step<G>(
+    method: Method,
+    hyper: &Hyper,
+    target: &Target,
+    logits: &G,
+    labels: &Tensor,
+    rng: &mut Rng,
+) -> Result<Step>
+where
+    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, labels);
+    let loss = |x: &Tensor| task(&logits(x)?);
+    let per_example = StepNorm::L2(Scope::PerExample);
+    match method {
+        Method::Baseline | Method::SpectralNorm => plain(target, &loss),
+        Method::Noise => {
+            let noisy = Noise::Gaussian { sigma: hyper.sigma }.apply(target, rng)?;
+            let l = loss(&noisy)?;
+            let passes = Passes {
+                forward: 1,
+                backward: 1,
+                double_backward: 0,
+            };
+            Step::from_objective(&l, &l, passes)
+        }
+        Method::Fgm => Fgm::new(hyper.eps)?
+            .with_norm(per_example)
+            .step(target, &loss),
+        Method::GradientPenalty => GradientPenalty::new(hyper.eps)?
+            .with_norm(per_example)
+            .step(target, &loss),
+        Method::Pgd => Pgd::new(hyper.eps, hyper.eps / 2.0, 3)?
+            .with_norm(per_example)
+            .step(target, &loss, rng),
+        Method::FreeLb => FreeLb::new(hyper.eps / 3.0, 3)?
+            .with_max_norm(hyper.eps)?
+            .step(target, &loss, rng),
+        Method::Vat => Vat::new(hyper.eps)?.step(target, logits, &task, rng),
+    }
+}
+
+/// A task the runner trains: a model and its data.
+trait Task {
+    fn train_len(&self) -> usize;
+    fn set_train(&self, train: bool);
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)>;
+    fn step(&self, method: Method, hyper: &Hyper, batch: &[usize], rng: &mut Rng) -> Result<Step>;
+    /// Accuracy on dev (`false`) or test (`true`).
+    fn accuracy(&self, test: bool) -> Result<f64>;
+    /// Test accuracy under FGSM and PGD-10, where the task measures it.
+    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>>;
+}
+
+struct TextTask {
+    model: TextClassifier,
+    train: (Vec<Vec<u32>>, Vec<u32>),
+    dev: (Vec<Vec<u32>>, Vec<u32>),
+    test: (Vec<Vec<u32>>, Vec<u32>),
+    pad_id: u32,
+    device: Device,
+}
+
+impl TextTask {
+    fn batch(
+        &self,
+        data: &(Vec<Vec<u32>>, Vec<u32>),
+        rows: &[usize],
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let seqs: Vec<&[u32]> = rows.iter().map(|&i| data.0[i].as_slice()).collect();
+        let (ids, mask) = pad_batch(&seqs, self.pad_id, DType::F32, &self.device)?;
+        let labels: Vec<u32> = rows.iter().map(|&i| data.1[i]).collect();
+        Ok((ids, mask, Tensor::new(labels, &self.device)?))
+    }
+}
+
+fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let predicted = logits.argmax(1)?;
+    Ok(predicted
+        .eq(labels)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
+}
+
+impl Task for TextTask {
+    fn train_len(&self) -> usize {
+        self.train.1.len()
+    }
+    fn set_train(&self, train: bool) {
+        self.model.mode.set_train(train);
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        self.model.params().named_vars()
+    }
+    fn step(&self, method: Method, hyper: &Hyper, rows: &[usize], rng: &mut Rng) -> Result<Step> {
+        let (ids, mask, labels) = self.batch(&self.train, rows)?;
+        let embeddings = self.model.embed(&ids)?;
+        let target = Target::embedding_output(&embeddings, Some(&mask))?;
+        let logits = |e: &Tensor| -> candle_core::Result<Tensor> {
+            Ok(self.model.logits_from_embeddings(e, &mask)?)
+        };
+        method_step(method, hyper, &target, &logits, &labels, rng)
+    }
+    fn accuracy(&self, test: bool) -> Result<f64> {
+        let data = if test { &self.test } else { &self.dev };
+        let rows: Vec<usize> = (0..data.1.len()).collect();
+        let mut correct = 0;
+        for chunk in rows.chunks(256) {
+            let (ids, mask, labels) = self.batch(data, chunk)?;
+            let logits = self
+                .model
+                .logits_from_embeddings(&self.model.embed(&ids)?.detach(), &mask)?;
+            correct += count_correct(&logits, &labels)?;
+        }
+        Ok(correct as f64 / rows.len().max(1) as f64)
+    }
+    fn robust_accuracy(&self, _hyper: &Hyper) -> Result<Option<(f64, f64)>> {
+        Ok(None)
+    }
+}
+
+struct ImageTask {
+    model: Cnn,
+    data: Split<ImageDataset>,
+    device: Device,
+}
+
+impl ImageTask {
+    fn batch(&self, data: &ImageDataset, rows: &[usize]) -> Result<(Tensor, Tensor)> {
+        let part = data.select(rows);
+        Ok((
+            Tensor::from_vec(part.pixels, (rows.len(), 784), &self.device)?,
+            Tensor::new(part.labels, &self.device)?,
+        ))
+    }
+}
+
+impl Task for ImageTask {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+    fn set_train(&self, train: bool) {
+        self.model.mode.set_train(train);
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        self.model.params().named_vars()
+    }
+    fn step(&self, method: Method, hyper: &Hyper, rows: &[usize], rng: &mut Rng) -> Result<Step> {
+        let (x, labels) = self.batch(&self.data.train, rows)?;
+        let target = Target::input(&x)?;
+        let logits = |x: &Tensor| -> candle_core::Result<Tensor> { Ok(self.model.logits(x)?) };
+        method_step(method, hyper, &target, &logits, &labels, rng)
+    }
+    fn accuracy(&self, test: bool) -> Result<f64> {
+        let data = if test {
+            &self.data.test
+        } else {
+            &self.data.dev
+        };
+        let rows: Vec<usize> = (0..data.len()).collect();
+        let mut correct = 0;
+        for chunk in rows.chunks(500) {
+            let (x, labels) = self.batch(data, chunk)?;
+            correct += count_correct(&self.model.logits(&x)?, &labels)?;
+        }
+        Ok(correct as f64 / rows.len().max(1) as f64)
+    }
+    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>> {
+        let data = &self.data.test;
+        let rows: Vec<usize> = (0..data.len()).collect();
+        let (mut fgsm, mut pgd) = (0, 0);
+        let mut rng = Rng::new(0);
+        for chunk in rows.chunks(250) {
+            let (x, labels) = self.batch(data, chunk)?;
+            let target = Target::input(&x)?;
+            let loss = |x: &Tensor| candle_nn::loss::cross_entropy(&self.model.logits(x)?, &labels);
+            for (steps, alpha, correct) in [
+                (1, hyper.attack_eps, &mut fgsm),
+                (10, hyper.attack_eps / 4.0, &mut pgd),
+            ] {
+                let attack = Pgd::new(hyper.attack_eps, alpha, steps)?.with_norm(StepNorm::Sign);
+                let (delta, _, _) = attack.attack(&target, &loss, &mut rng)?;
+                let adversarial = (&x + delta.detach())?;
+                *correct += count_correct(&self.model.logits(&adversarial)?, &labels)?;
+            }
+        }
+        let n = rows.len().max(1) as f64;
+        Ok(Some((fgsm as f64 / n, pgd as f64 / n)))
+    }
+}
+
+/// The prepared data of an experiment, shared by its runs.
+pub enum Prepared {
+    Text {
+        train: (Vec<Vec<u32>>, Vec<u32>),
+        dev: (Vec<Vec<u32>>, Vec<u32>),
+        test: (Vec<Vec<u32>>, Vec<u32>),
+        vocab: usize,
+        pad_id: u32,
+        max_len: usize,
+        classes: usize,
+    },
+    Image(Split<ImageDataset>),
+}
+
+fn tokenized(t: &TextTokenizer, d: &TextDataset) -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
+    Ok((t.encode(&d.texts)?, d.labels.clone()))
+}
+
+/// Loads, splits (seed 0, the same for every run), subsamples in quick mode, and tokenises.
+pub fn prepare(options: &Options) -> Result<Prepared> {
+    let data = &options.data_dir;
+    match options.experiment {
+        Experiment::Thucnews => {
+            let all = thucnews(&data.join("thucnews_10w.tsv.xz"))?;
+            let (all, max_len) = if options.quick {
+                (subsample(&all, 2_000, 0), 32)
+            } else {
+                (all, 48)
+            };
+            let parts = split(&all, 0.1, 0.1, 0)?;
+            let tokenizer =
+                TextTokenizer::wordpiece(&data.join("bert-base-chinese-vocab.txt"), max_len)?;
+            Ok(Prepared::Text {
+                train: tokenized(&tokenizer, &parts.train)?,
+                dev: tokenized(&tokenizer, &parts.dev)?,
+                test: tokenized(&tokenizer, &parts.test)?,
+                vocab: tokenizer.vocab_size(),
+                pad_id: tokenizer.pad_id(),
+                max_len,
+                classes: all.classes.len(),
+            })
+        }
+        Experiment::Mnist => {
+            let all = mnist_csv(&data.join("mnist_5k.csv.gz"))?;
+            let all = if options.quick {
+                subsample(&all, 1_500, 0)
+            } else {
+                all
+            };
+            Ok(Prepared::Image(split(&all, 0.1, 0.2, 0)?))
+        }
+    }
+}
+
+fn build_task(
+    prepared: &Prepared,
+    method: Method,
+    seed: u64,
+    device: &Device,
+) -> Result<Box<dyn Task>> {
+    let spectral = method == Method::SpectralNorm;
+    Ok(match prepared {
+        Prepared::Text {
+            train,
+            dev,
+            test,
+            vocab,
+            pad_id,
+            max_len,
+            classes,
+        } => Box::new(TextTask {
+            model: TextClassifier::new(
+                EncoderConfig::small(*vocab, *max_len, *classes),
+                seed,
+                spectral,
+                DType::F32,
+                device,
+            )?,
+            train: train.clone(),
+            dev: dev.clone(),
+            test: test.clone(),
+            pad_id: *pad_id,
+            device: device.clone(),
+        }),
+        Prepared::Image(data) => Box::new(ImageTask {
+            model: Cnn::new(seed, spectral, DType::F32, device)?,
+            data: data.clone(),
+            device: device.clone(),
+        }),
+    })
+}
+
+/// The folder of one run's checkpoints.
+pub fn run_dir(options: &Options, method: Method, seed: u64) -> PathBuf {
+    options
+        .out_dir
+        .join("checkpoints")
+        .join(format!("{}-seed{seed}", method.name()))
+}
+
+fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("epoch-{epoch}.safetensors"))
+}
+
+/// Trains one method with one seed for `options.epochs` epochs, resuming from the newest checkpoint
+/// in its folder; returns a row per epoch (rows of resumed epochs come from the rows file saved
+/// beside the checkpoints).
+pub fn run_one(
+    options: &Options,
+    prepared: &Prepared,
+    method: Method,
+    seed: u64,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<EpochRow>> {
+    let device = Device::Cpu;
+    let hyper = options.experiment.hyper();
+    let task = build_task(prepared, method, seed, &device)?;
+    let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;
+    let dir = run_dir(options, method, seed);
+    let rows_file = dir.join("rows.csv");
+    let mut rows = super::report::read_rows(&rows_file).unwrap_or_default();
+    let mut start = 0;
+    for epoch in (1..=options.epochs).rev() {
+        let path = checkpoint_path(&dir, epoch);
+        if path.exists() && rows.len() >= epoch {
+            start = checkpoint::load(&path, &mut adam)?;
+            break;
+        }
+    }
+    rows.truncate(start);
+    let batches_per_epoch = task.train_len().div_ceil(hyper.batch);
+    progress.set_length((options.epochs * batches_per_epoch) as u64);
+    progress.set_position((start * batches_per_epoch) as u64);
+    for epoch in start + 1..=options.epochs {
+        let started = Instant::now();
+        let mut rng = Rng::new(mix(seed, epoch));
+        let order = rng.permutation(task.train_len());
+        let (mut total, mut count, mut passes) = (0.0, 0usize, Passes::default());
+        task.set_train(true);
+        for batch in order.chunks(hyper.batch) {
+            let step = task.step(method, &hyper, batch, &mut rng)?;
+            let loss = step.clean_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    what: format!(
+                        "the training loss of {} (seed {seed}, epoch {epoch})",
+                        method.name()
+                    ),
+                });
+            }
+            adam.step(&step.grads)?;
+            total += loss * batch.len() as f64;
+            count += batch.len();
+            passes = step.passes;
+            progress.inc(1);
+            progress.set_message(format!(
+                "{} seed {seed} loss {:.4}",
+                method.name(),
+                total / count as f64
+            ));
+        }
+        task.set_train(false);
+        let robust = if epoch == options.epochs {
+            task.robust_accuracy(&hyper)?
+        } else {
+            None
+        };
+        let row = EpochRow {
+            experiment: options.experiment.name().into(),
+            method: method.name().into(),
+            seed,
+            epoch,
+            train_loss: total / count.max(1) as f64,
+            dev_accuracy: task.accuracy(false)?,
+            test_accuracy: task.accuracy(true)?,
+            fgsm_accuracy: robust.map_or(f64::NAN, |r| r.0),
+            pgd_accuracy: robust.map_or(f64::NAN, |r| r.1),
+            passes_forward: passes.forward,
+            passes_backward: passes.backward,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if options.verbose {
+            let line = format!(
+                "{:<16} seed {seed} epoch {epoch}: loss {:.4}, dev {:.4}, test {:.4}{} ({:.0} s)",
+                method.name(),
+                row.train_loss,
+                row.dev_accuracy,
+                row.test_accuracy,
+                robust.map_or(String::new(), |(f, p)| format!(", fgsm {f:.4}, pgd {p:.4}")),
+                row.seconds
+            );
+            // A hidden bar (no terminal, as in CI) prints nothing: say it on stdout instead.
+            if progress.is_hidden() {
+                println!("{line}");
+            } else {
+                progress.println(line);
+            }
+        }
+        rows.push(row);
+        checkpoint::save(&checkpoint_path(&dir, epoch), &adam, epoch)?;
+        super::report::write_rows(&rows_file, &rows)?;
+    }
+    Ok(rows)
+}
+
+/// Runs every method over every seed; returns all rows and writes the results table, the summary
+/// and the figures under `options.out_dir`.
+pub fn run(options: &Options) -> Result<Vec<EpochRow>> {
+    crate::error::check_count("--seeds", options.seeds)?;
+    crate::error::check_count("--epochs", options.epochs)?;
+    let prepared = prepare(options)?;
+    let bars = indicatif::MultiProgress::new();
+    let overall = bars.add(indicatif::ProgressBar::new(
+        (options.methods.len() * options.seeds) as u64,
+    ));
+    overall.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs, {elapsed}")
+            .expect("a valid template"),
+    );
+    overall.set_prefix(options.experiment.name());
+    let mut rows = Vec::new();
+    for &method in &options.methods {
+        for seed in 1..=options.seeds as u64 {
+            let bar = bars.add(indicatif::ProgressBar::new(0));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  [{bar:30}] {pos}/{len} batches {msg} ({eta})",
+                )
+                .expect("a valid template"),
+            );
+            rows.extend(run_one(options, &prepared, method, seed, &bar)?);
+            bar.finish_and_clear();
+            overall.inc(1);
+        }
+    }
+    overall.finish();
+    super::report::write_all(options, &rows)?;
+    Ok(rows)
+}

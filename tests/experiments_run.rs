@@ -1,0 +1,110 @@
+//! The runner: an interrupted run resumes from its checkpoint to the same result, the results table
+//! round-trips through CSV, the summary's arithmetic, and the command line's errors.
+#![cfg(feature = "experiments")]
+
+use advtrain::experiments::cli::parse;
+use advtrain::experiments::report::{mean_std, read_rows, summarise};
+use advtrain::experiments::run::{Experiment, Method, Options, prepare, run_one};
+
+fn options(out: &str, epochs: usize) -> Options {
+    Options {
+        experiment: Experiment::Mnist,
+        methods: vec![Method::Fgm],
+        seeds: 1,
+        epochs,
+        quick: true,
+        data_dir: "data".into(),
+        out_dir: std::env::temp_dir().join(format!("advtrain-run-{}-{out}", std::process::id())),
+        verbose: false,
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
+    let bar = indicatif::ProgressBar::hidden();
+    let straight = options("straight", 2);
+    let prepared = prepare(&straight).unwrap();
+    let whole = run_one(&straight, &prepared, Method::Fgm, 1, &bar).unwrap();
+    // Interrupted after epoch 1, then started again asking for 2 epochs.
+    let interrupted = options("interrupted", 1);
+    run_one(&interrupted, &prepared, Method::Fgm, 1, &bar).unwrap();
+    let resumed_options = Options {
+        epochs: 2,
+        ..interrupted.clone()
+    };
+    let resumed = run_one(&resumed_options, &prepared, Method::Fgm, 1, &bar).unwrap();
+    assert_eq!(whole.len(), 2);
+    assert_eq!(resumed.len(), 2);
+    for (a, b) in whole.iter().zip(&resumed) {
+        assert_eq!(a.epoch, b.epoch);
+        assert_eq!(a.train_loss, b.train_loss, "epoch {}", a.epoch);
+        assert_eq!(a.test_accuracy, b.test_accuracy);
+    }
+    // Robust accuracy is measured at a run's last epoch.
+    assert_eq!(whole[1].pgd_accuracy, resumed[1].pgd_accuracy);
+    assert!(whole[0].pgd_accuracy.is_nan());
+    // A different seed gives a different run.
+    let other = run_one(&options("other", 1), &prepared, Method::Fgm, 2, &bar).unwrap();
+    assert_ne!(other[0].train_loss, whole[0].train_loss);
+    // The rows file beside the checkpoints reads back as written.
+    let dir = advtrain::experiments::run::run_dir(&straight, Method::Fgm, 1);
+    let read = read_rows(&dir.join("rows.csv")).unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[1].test_accuracy, whole[1].test_accuracy);
+    assert_eq!(read[0].train_loss, whole[0].train_loss);
+}
+
+#[test]
+fn the_summary_compares_final_epochs_with_the_baseline() {
+    use advtrain::experiments::run::EpochRow;
+    let row = |method: &str, seed, epoch, acc| EpochRow {
+        experiment: "x".into(),
+        method: method.into(),
+        seed,
+        epoch,
+        train_loss: 0.0,
+        dev_accuracy: acc,
+        test_accuracy: acc,
+        fgsm_accuracy: f64::NAN,
+        pgd_accuracy: f64::NAN,
+        passes_forward: 1,
+        passes_backward: 1,
+        seconds: 1.0,
+    };
+    let rows = vec![
+        row("baseline", 1, 1, 0.1),
+        row("baseline", 1, 2, 0.5),
+        row("baseline", 2, 2, 0.7),
+        row("fgm", 1, 2, 0.8),
+        row("fgm", 2, 2, 0.6),
+    ];
+    let s = summarise(&rows);
+    assert_eq!(s[0].method, "baseline");
+    assert!((s[0].test.0 - 0.6).abs() < 1e-12);
+    let (d, se) = s[1].vs_baseline.unwrap();
+    assert!((d - 0.1).abs() < 1e-12);
+    let sd = mean_std(&[0.5, 0.7]).1;
+    assert!((se - (sd * sd / 2.0 + sd * sd / 2.0).sqrt()).abs() < 1e-12);
+}
+
+#[test]
+fn the_command_line_rejects_what_it_does_not_know() {
+    let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let o = parse(&args("mnist --quick --methods fgm,vat --seeds 2")).unwrap();
+    assert_eq!(o.methods, [Method::Fgm, Method::Vat]);
+    assert_eq!((o.seeds, o.epochs, o.quick), (2, 2, true));
+    assert!(o.out_dir.ends_with("mnist-quick"));
+    let full = parse(&args("thucnews")).unwrap();
+    assert!(full.out_dir.ends_with("data/results/thucnews"));
+    for bad in [
+        "",
+        "imagenet",
+        "mnist --methods fgsm",
+        "mnist --seeds x",
+        "mnist --epochs",
+        "mnist --fast",
+    ] {
+        let e = parse(&args(bad)).unwrap_err().to_string();
+        assert!(e.contains("fix: "), "{bad}: {e}");
+    }
+}
