@@ -56,7 +56,7 @@ fn mnist_has_five_hundred_per_digit() {
     assert_eq!(data.len(), 5_000);
     assert_eq!(data.pixels.len(), 5_000 * 784);
     assert!(data.pixels.iter().all(|p| (0.0..=1.0).contains(p)));
-    assert!(data.pixels.iter().any(|&p| p == 1.0));
+    assert!(data.pixels.contains(&1.0));
     for digit in 0..10 {
         assert_eq!(data.labels.iter().filter(|&&y| y == digit).count(), 500);
     }

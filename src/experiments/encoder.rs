@@ -108,7 +108,7 @@ impl TextClassifier {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        if config.heads == 0 || config.hidden % config.heads != 0 {
+        if config.heads == 0 || !config.hidden.is_multiple_of(config.heads) {
             return Err(Error::InvalidArgument {
                 name: "config.heads",
                 reason: format!(
