@@ -108,3 +108,19 @@ fn the_command_line_rejects_what_it_does_not_know() {
         assert!(e.contains("fix: "), "{bad}: {e}");
     }
 }
+
+#[test]
+fn checkpoints_of_another_configuration_are_not_resumed() {
+    let bar = indicatif::ProgressBar::hidden();
+    let quick = options("config", 1);
+    let prepared = prepare(&quick).unwrap();
+    let first = run_one(&quick, &prepared, Method::Fgm, 1, &bar).unwrap();
+    // Same folder, other data (not quick): the old checkpoint must not be taken.
+    let other = Options {
+        quick: false,
+        ..quick.clone()
+    };
+    let prepared_full = prepare(&other).unwrap();
+    let second = run_one(&other, &prepared_full, Method::Fgm, 1, &bar).unwrap();
+    assert_ne!(first[0].train_loss, second[0].train_loss);
+}

@@ -511,6 +511,21 @@ pub fn run_one(
     let task = build_task(prepared, method, seed, &device)?;
     let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;
     let dir = run_dir(options, method, seed);
+    // Checkpoints of another configuration (other data, subset or hyper-parameters) are not resumed.
+    let fingerprint = format!(
+        "{} quick={} train={} {hyper:?}\n",
+        options.experiment.name(),
+        options.quick,
+        task.train_len()
+    );
+    let config_file = dir.join("config.txt");
+    if std::fs::read_to_string(&config_file).ok().as_deref() != Some(fingerprint.as_str()) {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        std::fs::write(&config_file, &fingerprint).map_err(|e| io_error(&config_file, e))?;
+    }
     let rows_file = dir.join("rows.csv");
     let mut rows = super::report::read_rows(&rows_file).unwrap_or_default();
     let mut start = 0;
@@ -595,6 +610,15 @@ pub fn run_one(
         super::report::write_rows(&rows_file, &rows)?;
     }
     Ok(rows)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Data {
+        path: path.display().to_string(),
+        line: None,
+        reason: e.to_string(),
+        fix: "check the output folder is writable".into(),
+    }
 }
 
 /// Runs every method over every seed; returns all rows and writes the results table, the summary
