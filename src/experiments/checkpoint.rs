@@ -83,7 +83,8 @@ pub fn save(path: &Path, adam: &Adam, epoch: usize) -> Result<()> {
     Ok(())
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+/// A file-system error on `path` as a data error (shared by the runner).
+pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Data {
         path: path.display().to_string(),
         line: None,

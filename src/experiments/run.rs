@@ -6,7 +6,7 @@
 //! draw of epoch `e` come from `Rng::new(mix(seed, e))`, so a run resumed from the checkpoint of epoch
 //! `e - 1` continues exactly as the uninterrupted run would.
 
-use super::checkpoint::{self, Adam};
+use super::checkpoint::{self, Adam, io_error};
 use super::cnn::Cnn;
 use super::data::{
     Examples, ImageDataset, Split, TextDataset, mnist_csv, split, subsample, thucnews,
@@ -610,15 +610,6 @@ pub fn run_one(
         super::report::write_rows(&rows_file, &rows)?;
     }
     Ok(rows)
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Data {
-        path: path.display().to_string(),
-        line: None,
-        reason: e.to_string(),
-        fix: "check the output folder is writable".into(),
-    }
 }
 
 /// Runs every method over every seed; returns all rows and writes the results table, the summary
