@@ -93,6 +93,24 @@ impl From<Error> for candle_core::Error {
     }
 }
 
+impl Error {
+    /// A data-file error: `path` (shown), the 1-based `line` where one is known, what is wrong and the
+    /// fix.
+    pub fn data(
+        path: impl std::fmt::Display,
+        line: Option<usize>,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Error::Data {
+            path: path.to_string(),
+            line,
+            reason: reason.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
 /// Checks that a scalar parameter is finite and non-negative.
 pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() || value < 0.0 {

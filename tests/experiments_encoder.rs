@@ -102,3 +102,46 @@ fn spectrally_normalised_layers_have_norm_one() {
     let loss = |e: &Tensor| model.logits_from_embeddings(e, &mask)?.sum_all();
     assert!(gradcheck(loss, &e, 1e-5).unwrap().relative_error < 1e-6);
 }
+
+/// all-MiniLM-L6-v2 loaded into the classifier gives the published sentence embedding. Needs the
+/// model: run `bash scripts/setup.sh`, then `cargo test --release --test experiments_encoder -- --ignored`
+/// (CI does).
+#[test]
+#[ignore = "needs data/models/all-MiniLM-L6-v2 from scripts/setup.sh"]
+fn pretrained_minilm_gives_the_published_embedding() {
+    use advtrain::experiments::tokenize::TextTokenizer;
+    let dir = std::path::Path::new("data/models/all-MiniLM-L6-v2");
+    let device = Device::Cpu;
+    let model =
+        TextClassifier::new(EncoderConfig::minilm(2), 0, false, DType::F32, &device).unwrap();
+    let copied = model
+        .load_pretrained(&dir.join("model.safetensors"))
+        .unwrap();
+    // Every tensor but the new classifier's two: 3 embeddings + their norm (2) + 6 layers x 16.
+    assert_eq!(copied, 3 + 2 + 6 * 16);
+    let tokenizer = TextTokenizer::from_json(&dir.join("tokenizer.json"), 128).unwrap();
+    let ids = tokenizer
+        .encode(&["This is an example sentence".to_string()])
+        .unwrap();
+    let (ids, mask) = pad_batch(
+        &[ids[0].as_slice()],
+        tokenizer.pad_id(),
+        DType::F32,
+        &device,
+    )
+    .unwrap();
+    let e = model.sentence_embedding(&ids, &mask).unwrap();
+    let first: Vec<f32> = e
+        .squeeze(0)
+        .unwrap()
+        .narrow(0, 0, 5)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    eprintln!("first five: {first:?}");
+    let published = [0.06766f32, 0.06350, 0.04871, 0.07930, 0.03745];
+    for (got, want) in first.iter().zip(published) {
+        // The published figures have 4 significant digits.
+        assert!((got - want).abs() < 1e-4, "{first:?} vs {published:?}");
+    }
+}

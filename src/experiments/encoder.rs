@@ -161,11 +161,13 @@ impl TextClassifier {
     pub fn load_pretrained(&self, path: &Path) -> Result<usize> {
         let shown = path.display().to_string();
         let device = self.word.device().clone();
-        let tensors = candle_core::safetensors::load(path, &device).map_err(|e| Error::Data {
-            path: shown.clone(),
-            line: None,
-            reason: format!("cannot read safetensors: {e}"),
-            fix: "run scripts/setup.sh, which downloads the model and checks its sha256".into(),
+        let tensors = candle_core::safetensors::load(path, &device).map_err(|e| {
+            Error::data(
+                shown.clone(),
+                None,
+                format!("cannot read safetensors: {e}"),
+                "run scripts/setup.sh, which downloads the model and checks its sha256",
+            )
         })?;
         let data = self.params.varmap().data().lock().expect("VarMap lock");
         let mut copied = 0;
@@ -174,24 +176,24 @@ impl TextClassifier {
                 continue;
             }
             let Some(t) = tensors.get(name) else {
-                return Err(Error::Data {
-                    path: shown,
-                    line: None,
-                    reason: format!("no tensor named {name}"),
-                    fix: "use a BERT checkpoint whose sizes match EncoderConfig::minilm".into(),
-                });
+                return Err(Error::data(
+                    shown,
+                    None,
+                    format!("no tensor named {name}"),
+                    "use a BERT checkpoint whose sizes match EncoderConfig::minilm",
+                ));
             };
             if t.dims() != var.dims() {
-                return Err(Error::Data {
-                    path: shown,
-                    line: None,
-                    reason: format!(
+                return Err(Error::data(
+                    shown,
+                    None,
+                    format!(
                         "{name} has shape {:?}, the model {:?}",
                         t.dims(),
                         var.dims()
                     ),
-                    fix: "use a BERT checkpoint whose sizes match the EncoderConfig".into(),
-                });
+                    "use a BERT checkpoint whose sizes match the EncoderConfig",
+                ));
             }
             var.set(&t.to_dtype(var.dtype())?)?;
             copied += 1;
@@ -246,8 +248,9 @@ impl TextClassifier {
         layer.attention_out.forward(&context, train)
     }
 
-    /// Logits `(b, classes)` from word embeddings `(b, n, hidden)` and the padding mask `(b, n)`.
-    pub fn logits_from_embeddings(&self, e: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// The mask-weighted mean of the last layer `(b, hidden)` from word embeddings `(b, n, hidden)` and
+    /// the padding mask `(b, n)`.
+    pub fn pooled_from_embeddings(&self, e: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let train = self.mode.is_train();
         let (_, n, _) = e.dims3()?;
         let position = self.position.narrow(0, 0, n)?;
@@ -265,8 +268,21 @@ impl TextClassifier {
             h = layer.output_norm.forward(&(h + f)?)?;
         }
         let m = mask.unsqueeze(2)?;
-        let pooled = h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
-        self.classifier.forward(&pooled, train)
+        Ok(h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?)
+    }
+
+    /// The class scores `(b, classes)` from word embeddings `e` (see [`Self::pooled_from_embeddings`]).
+    pub fn logits_from_embeddings(&self, e: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let pooled = self.pooled_from_embeddings(e, mask)?;
+        self.classifier.forward(&pooled, self.mode.is_train())
+    }
+
+    /// The sentence embedding of sentence-transformers: the mean-pooled last layer, L2-normalised
+    /// (inference: no dropout). For all-MiniLM-L6-v2 this is the published embedding.
+    pub fn sentence_embedding(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let pooled = self.pooled_from_embeddings(&self.embed(ids)?, mask)?;
+        let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
+        Ok(pooled.broadcast_div(&norm)?)
     }
 
     /// Every parameter, sorted by name.

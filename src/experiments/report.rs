@@ -2,122 +2,171 @@
 //! summary (final-epoch accuracy per method, mean +- standard deviation over seeds, and the difference
 //! to the baseline with its standard error) and the figures. Book: "Experiments".
 
-use super::run::{EpochRow, Options};
+use super::run::{EpochRow, Method, Options};
 use crate::{Error, Result};
 use polars::prelude::{Column, CsvReadOptions, CsvWriter, DataFrame, SerReader, SerWriter};
 use std::path::Path;
 
-fn polars_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Data {
-        path: path.display().to_string(),
-        line: None,
-        reason: e.to_string(),
-        fix: "delete the file to let the runner write it afresh".into(),
-    }
+fn file_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::data(
+        path.display(),
+        None,
+        e.to_string(),
+        "delete the file to let the runner write it afresh",
+    )
 }
+
+/// A column of the results table: its name, how a row gives its value and how a read value is set.
+struct NumberColumn {
+    name: &'static str,
+    integer: bool,
+    get: fn(&EpochRow) -> f64,
+    set: fn(&mut EpochRow, f64),
+}
+
+/// The numeric columns, in file order (after `experiment` and `method`).
+const NUMBERS: [NumberColumn; 11] = [
+    NumberColumn {
+        name: "eps",
+        integer: false,
+        get: |r| r.eps,
+        set: |r, v| r.eps = v,
+    },
+    NumberColumn {
+        name: "seed",
+        integer: true,
+        get: |r| r.seed as f64,
+        set: |r, v| r.seed = v as u64,
+    },
+    NumberColumn {
+        name: "epoch",
+        integer: true,
+        get: |r| r.epoch as f64,
+        set: |r, v| r.epoch = v as usize,
+    },
+    NumberColumn {
+        name: "train_loss",
+        integer: false,
+        get: |r| r.train_loss,
+        set: |r, v| r.train_loss = v,
+    },
+    NumberColumn {
+        name: "dev_accuracy",
+        integer: false,
+        get: |r| r.dev_accuracy,
+        set: |r, v| r.dev_accuracy = v,
+    },
+    NumberColumn {
+        name: "test_accuracy",
+        integer: false,
+        get: |r| r.test_accuracy,
+        set: |r, v| r.test_accuracy = v,
+    },
+    NumberColumn {
+        name: "fgsm_accuracy",
+        integer: false,
+        get: |r| r.fgsm_accuracy,
+        set: |r, v| r.fgsm_accuracy = v,
+    },
+    NumberColumn {
+        name: "pgd_accuracy",
+        integer: false,
+        get: |r| r.pgd_accuracy,
+        set: |r, v| r.pgd_accuracy = v,
+    },
+    NumberColumn {
+        name: "passes_forward",
+        integer: true,
+        get: |r| r.passes_forward as f64,
+        set: |r, v| r.passes_forward = v as usize,
+    },
+    NumberColumn {
+        name: "passes_backward",
+        integer: true,
+        get: |r| r.passes_backward as f64,
+        set: |r, v| r.passes_backward = v as usize,
+    },
+    NumberColumn {
+        name: "seconds",
+        integer: false,
+        get: |r| r.seconds,
+        set: |r, v| r.seconds = v,
+    },
+];
 
 /// Writes `rows` as CSV to `path` (written to a temporary name, then renamed).
 pub fn write_rows(path: &Path, rows: &[EpochRow]) -> Result<()> {
-    let f = |get: fn(&EpochRow) -> f64| rows.iter().map(get).collect::<Vec<f64>>();
-    let u = |get: fn(&EpochRow) -> u64| rows.iter().map(get).collect::<Vec<u64>>();
-    let s = |get: fn(&EpochRow) -> &str| rows.iter().map(get).collect::<Vec<&str>>();
-    let columns = vec![
-        Column::new("experiment".into(), s(|r| &r.experiment)),
-        Column::new("method".into(), s(|r| &r.method)),
-        Column::new("seed".into(), u(|r| r.seed)),
-        Column::new("epoch".into(), u(|r| r.epoch as u64)),
-        Column::new("train_loss".into(), f(|r| r.train_loss)),
-        Column::new("dev_accuracy".into(), f(|r| r.dev_accuracy)),
-        Column::new("test_accuracy".into(), f(|r| r.test_accuracy)),
-        Column::new("fgsm_accuracy".into(), f(|r| r.fgsm_accuracy)),
-        Column::new("pgd_accuracy".into(), f(|r| r.pgd_accuracy)),
-        Column::new("passes_forward".into(), u(|r| r.passes_forward as u64)),
-        Column::new("passes_backward".into(), u(|r| r.passes_backward as u64)),
-        Column::new("seconds".into(), f(|r| r.seconds)),
+    let mut columns = vec![
+        Column::new(
+            "experiment".into(),
+            rows.iter()
+                .map(|r| r.experiment.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "method".into(),
+            rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
+        ),
     ];
-    let mut frame = DataFrame::new(rows.len(), columns).map_err(|e| polars_error(path, e))?;
+    for c in &NUMBERS {
+        let values = rows.iter().map(c.get);
+        columns.push(if c.integer {
+            Column::new(c.name.into(), values.map(|v| v as u64).collect::<Vec<_>>())
+        } else {
+            Column::new(c.name.into(), values.collect::<Vec<_>>())
+        });
+    }
+    let mut frame = DataFrame::new(rows.len(), columns).map_err(|e| file_error(path, e))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| polars_error(path, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| file_error(path, e))?;
     }
     let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial).map_err(|e| polars_error(path, e))?;
+    let mut file = std::fs::File::create(&partial).map_err(|e| file_error(path, e))?;
     CsvWriter::new(&mut file)
         .finish(&mut frame)
-        .map_err(|e| polars_error(path, e))?;
-    std::fs::rename(&partial, path).map_err(|e| polars_error(path, e))?;
+        .map_err(|e| file_error(path, e))?;
+    std::fs::rename(&partial, path).map_err(|e| file_error(path, e))?;
     Ok(())
 }
 
-/// Reads a results CSV written by [`write_rows`].
+/// Reads a results CSV written by [`write_rows`]; a cell that is not a number is an error naming its
+/// line.
 pub fn read_rows(path: &Path) -> Result<Vec<EpochRow>> {
     let frame = CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish())
-        .map_err(|e| polars_error(path, e))?;
+        .map_err(|e| file_error(path, e))?;
     let column = |name: &str| -> Result<Vec<String>> {
-        let c = frame.column(name).map_err(|e| polars_error(path, e))?;
-        let c = c.str().map_err(|e| polars_error(path, e))?;
+        let c = frame.column(name).map_err(|e| file_error(path, e))?;
+        let c = c.str().map_err(|e| file_error(path, e))?;
         Ok(c.iter().map(|v| v.unwrap_or("").to_string()).collect())
     };
-    let number = |name: &str| -> Result<Vec<f64>> {
-        column(name)?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.parse::<f64>().map_err(|_| Error::Data {
-                    path: path.display().to_string(),
-                    line: Some(i + 2),
-                    reason: format!("column {name}: {v:?} is not a number"),
-                    fix: "delete the file to let the runner write it afresh".into(),
-                })
-            })
-            .collect()
-    };
     let (experiment, method) = (column("experiment")?, column("method")?);
-    let [
-        seed,
-        epoch,
-        loss,
-        dev,
-        test,
-        fgsm,
-        pgd,
-        forward,
-        backward,
-        seconds,
-    ] = [
-        "seed",
-        "epoch",
-        "train_loss",
-        "dev_accuracy",
-        "test_accuracy",
-        "fgsm_accuracy",
-        "pgd_accuracy",
-        "passes_forward",
-        "passes_backward",
-        "seconds",
-    ]
-    .map(number);
-    let (seed, epoch, loss, dev, test) = (seed?, epoch?, loss?, dev?, test?);
-    let (fgsm, pgd, forward, backward, seconds) = (fgsm?, pgd?, forward?, backward?, seconds?);
-    Ok((0..frame.height())
-        .map(|i| EpochRow {
-            experiment: experiment[i].clone(),
-            method: method[i].clone(),
-            seed: seed[i] as u64,
-            epoch: epoch[i] as usize,
-            train_loss: loss[i],
-            dev_accuracy: dev[i],
-            test_accuracy: test[i],
-            fgsm_accuracy: fgsm[i],
-            pgd_accuracy: pgd[i],
-            passes_forward: forward[i] as usize,
-            passes_backward: backward[i] as usize,
-            seconds: seconds[i],
+    let mut rows: Vec<EpochRow> = experiment
+        .into_iter()
+        .zip(method)
+        .map(|(experiment, method)| EpochRow {
+            experiment,
+            method,
+            ..EpochRow::default()
         })
-        .collect())
+        .collect();
+    for c in &NUMBERS {
+        for (i, v) in column(c.name)?.iter().enumerate() {
+            let value = v.parse::<f64>().map_err(|_| {
+                Error::data(
+                    path.display(),
+                    Some(i + 2),
+                    format!("column {}: {v:?} is not a number", c.name),
+                    "delete the file to let the runner write it afresh",
+                )
+            })?;
+            (c.set)(&mut rows[i], value);
+        }
+    }
+    Ok(rows)
 }
 
 /// Mean and sample standard deviation.
@@ -128,10 +177,14 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// One method's line of the summary.
+/// One line of the summary: a method at one radius.
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub method: String,
+    /// The radius; `None` for methods without one.
+    pub eps: Option<f64>,
+    /// The method, with its radius when the table holds several for it (`fgm eps=0.01`).
+    pub label: String,
     pub seeds: usize,
     /// Mean and standard deviation over seeds of the final-epoch test accuracy.
     pub test: (f64, f64),
@@ -143,26 +196,31 @@ pub struct Summary {
     pub seconds_per_epoch: f64,
 }
 
-/// Summarises the final epoch of every run, per method, in the order the methods first appear.
+/// Summarises the final epoch of every run, per method and radius, in the order they first appear.
 pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
     let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
-    let mut methods: Vec<&str> = Vec::new();
+    let uses_eps = |m: &str| Method::parse(m).map_or(true, Method::uses_eps);
+    let mut groups: Vec<(&str, Option<f64>)> = Vec::new();
     for r in rows {
-        if !methods.contains(&r.method.as_str()) {
-            methods.push(&r.method);
+        let group = (r.method.as_str(), uses_eps(&r.method).then_some(r.eps));
+        if !groups.contains(&group) {
+            groups.push(group);
         }
     }
-    let finals = |m: &str, get: fn(&EpochRow) -> f64| -> Vec<f64> {
+    let in_group = |r: &EpochRow, (m, eps): (&str, Option<f64>)| {
+        r.method == m && eps.is_none_or(|e| r.eps == e)
+    };
+    let finals = |g, get: fn(&EpochRow) -> f64| -> Vec<f64> {
         rows.iter()
-            .filter(|r| r.method == m && r.epoch == last)
+            .filter(|r| in_group(r, g) && r.epoch == last)
             .map(get)
             .collect()
     };
-    let baseline = finals("baseline", |r| r.test_accuracy);
-    methods
+    let baseline = finals(("baseline", None), |r| r.test_accuracy);
+    groups
         .iter()
-        .map(|&m| {
-            let test = finals(m, |r| r.test_accuracy);
+        .map(|&(m, eps)| {
+            let test = finals((m, eps), |r| r.test_accuracy);
             let (mean, std) = mean_std(&test);
             let vs_baseline = (m != "baseline" && !baseline.is_empty()).then(|| {
                 let (b_mean, b_std) = mean_std(&baseline);
@@ -172,27 +230,41 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
             });
             let epochs: Vec<f64> = rows
                 .iter()
-                .filter(|r| r.method == m)
+                .filter(|r| in_group(r, (m, eps)))
                 .map(|r| r.seconds)
                 .collect();
+            let radii = groups.iter().filter(|g| g.0 == m).count();
             Summary {
                 method: m.to_string(),
+                eps,
+                label: match eps {
+                    Some(e) if radii > 1 => format!("{m} eps={e}"),
+                    _ => m.to_string(),
+                },
                 seeds: test.len(),
                 test: (mean, std),
                 vs_baseline,
-                fgsm: mean_std(&finals(m, |r| r.fgsm_accuracy)),
-                pgd: mean_std(&finals(m, |r| r.pgd_accuracy)),
+                fgsm: mean_std(&finals((m, eps), |r| r.fgsm_accuracy)),
+                pgd: mean_std(&finals((m, eps), |r| r.pgd_accuracy)),
                 seconds_per_epoch: mean_std(&epochs).0,
             }
         })
         .collect()
 }
 
-fn pct((mean, std): (f64, f64)) -> String {
+/// A percentage with its spread: `mean ± spread`, or the mean alone when `seeds` < 2 (one run has no
+/// spread to show).
+fn pct((mean, spread): (f64, f64), seeds: usize, sign: bool) -> String {
     if mean.is_nan() {
         "-".into()
+    } else if sign && seeds < 2 {
+        format!("{:+.2}", 100.0 * mean)
+    } else if sign {
+        format!("{:+.2} ± {:.2}", 100.0 * mean, 100.0 * spread)
+    } else if seeds < 2 {
+        format!("{:.2}", 100.0 * mean)
     } else {
-        format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * std)
+        format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * spread)
     }
 }
 
@@ -204,21 +276,26 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
     } else {
         " s / epoch |\n|---|---|---|---|---|\n"
     };
+    let baseline_seeds = summary
+        .iter()
+        .find(|s| s.method == "baseline")
+        .map_or(0, |s| s.seeds);
     for s in summary {
-        let vs = s.vs_baseline.map_or("-".into(), |(d, se)| {
-            format!("{:+.2} ± {:.2}", 100.0 * d, 100.0 * se)
-        });
-        out += &format!("| {} | {} | {} | {vs} |", s.method, s.seeds, pct(s.test));
+        let n = s.seeds;
+        let vs = s
+            .vs_baseline
+            .map_or("-".into(), |d| pct(d, n.min(baseline_seeds), true));
+        out += &format!("| {} | {n} | {} | {vs} |", s.label, pct(s.test, n, false));
         if robust {
-            out += &format!(" {} | {} |", pct(s.fgsm), pct(s.pgd));
+            out += &format!(" {} | {} |", pct(s.fgsm, n, false), pct(s.pgd, n, false));
         }
         out += &format!(" {:.1} |\n", s.seconds_per_epoch);
     }
     out
 }
 
-/// Writes results.csv, summary.md and the figures (learning curves, final accuracy per method) under
-/// `options.out_dir`.
+/// Writes results.csv, summary.md and the figures (learning curves, final accuracy per method, and
+/// accuracy against eps where the table holds a sweep) under `options.out_dir`.
 pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
     let out = &options.out_dir;
     write_rows(&out.join("results.csv"), rows)?;
@@ -236,36 +313,36 @@ pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
     );
     let write = |file: &str, contents: &str| -> Result<()> {
         let path = out.join(file);
-        std::fs::write(&path, contents).map_err(|e| polars_error(&path, e))
+        std::fs::write(&path, contents).map_err(|e| file_error(&path, e))
     };
     write("summary.md", &text)?;
-    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for s in &summary {
-        let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
-        let points = (1..=last)
-            .map(|e| {
-                let dev: Vec<f64> = rows
-                    .iter()
-                    .filter(|r| r.method == s.method && r.epoch == e)
-                    .map(|r| 100.0 * r.dev_accuracy)
-                    .collect();
-                (e as f64, mean_std(&dev).0)
-            })
-            .collect();
-        curves.push((s.method.clone(), points));
-    }
-    let series: Vec<(&str, Vec<(f64, f64)>)> = curves
+    let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
+    let curves: Vec<(&str, Vec<(f64, f64)>)> = summary
         .iter()
-        .map(|(m, p)| (m.as_str(), p.clone()))
+        .map(|s| {
+            let points = (1..=last)
+                .map(|e| {
+                    let dev: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| {
+                            r.method == s.method && s.eps.is_none_or(|x| r.eps == x) && r.epoch == e
+                        })
+                        .map(|r| 100.0 * r.dev_accuracy)
+                        .collect();
+                    (e as f64, mean_std(&dev).0)
+                })
+                .collect();
+            (s.label.as_str(), points)
+        })
         .collect();
     let figure = advtrain_plots::lines(
         &format!("{name}: dev accuracy by epoch (mean over seeds)"),
         "epoch",
         "dev accuracy (%)",
-        &series,
+        &curves,
     );
     write("learning_curves.svg", figure.svg())?;
-    let labels: Vec<&str> = summary.iter().map(|s| s.method.as_str()).collect();
+    let labels: Vec<&str> = summary.iter().map(|s| s.label.as_str()).collect();
     let values: Vec<f64> = summary.iter().map(|s| 100.0 * s.test.0).collect();
     let figure = advtrain_plots::bars(
         &format!("{name}: test accuracy"),
@@ -284,5 +361,42 @@ pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
         );
         write("pgd_accuracy.svg", figure.svg())?;
     }
+    if let Some(figure) = accuracy_against_eps(name, &summary) {
+        write("accuracy_vs_eps.svg", figure.svg())?;
+    }
     Ok(())
+}
+
+/// Mean test accuracy against log10(eps), a line per method run at two radii or more, with the
+/// baseline as a flat line; `None` when no method was.
+fn accuracy_against_eps(name: &str, summary: &[Summary]) -> Option<advtrain_plots::Figure> {
+    let mut series: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    for s in summary {
+        let Some(eps) = s.eps else { continue };
+        let point = (eps.log10(), 100.0 * s.test.0);
+        match series.iter_mut().find(|(m, _)| *m == s.method) {
+            Some((_, points)) => points.push(point),
+            None => series.push((s.method.as_str(), vec![point])),
+        }
+    }
+    series.retain(|(_, points)| points.len() > 1);
+    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    if series.is_empty() {
+        return None;
+    }
+    if let Some(b) = summary.iter().find(|s| s.method == "baseline") {
+        series.push((
+            "baseline",
+            vec![(lo, 100.0 * b.test.0), (hi, 100.0 * b.test.0)],
+        ));
+    }
+    Some(advtrain_plots::lines(
+        &format!("{name}: test accuracy against the radius (mean over seeds)"),
+        "log10 eps",
+        "test accuracy (%)",
+        &series,
+    ))
 }

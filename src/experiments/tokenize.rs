@@ -19,12 +19,12 @@ pub struct TextTokenizer {
 }
 
 fn tokenizer_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Data {
-        path: path.display().to_string(),
-        line: None,
-        reason: format!("cannot build a tokenizer: {e}"),
-        fix: "pass a BERT vocab.txt (one token per line) or a Hugging Face tokenizer.json".into(),
-    }
+    Error::data(
+        path.display(),
+        None,
+        format!("cannot build a tokenizer: {e}"),
+        "pass a BERT vocab.txt (one token per line) or a Hugging Face tokenizer.json",
+    )
 }
 
 fn special_id(inner: &Tokenizer, path: &Path, token: &str) -> Result<u32> {
@@ -39,12 +39,12 @@ impl TextTokenizer {
     pub fn wordpiece(vocab: &Path, max_len: usize) -> Result<Self> {
         let shown = vocab.display().to_string();
         if !vocab.exists() {
-            return Err(Error::Data {
-                path: shown,
-                line: None,
-                reason: "no such file".into(),
-                fix: "the shipped vocab is data/bert-base-chinese-vocab.txt".into(),
-            });
+            return Err(Error::data(
+                shown,
+                None,
+                "no such file",
+                "the shipped vocab is data/bert-base-chinese-vocab.txt",
+            ));
         }
         let model = WordPiece::from_file(&shown)
             .unk_token("[UNK]".into())
