@@ -316,12 +316,18 @@ use crate::target::Target;
 
 /// A seeded [`Problem`] for `setup` in f64 on the CPU.
 pub fn problem(setup: Setup, seed: u64) -> Result<Problem> {
-    let device = Device::Cpu;
+    problem_on(setup, seed, DType::F64, &Device::Cpu)
+}
+
+/// A seeded [`Problem`] for `setup` in `dtype` on `device`: the same weights and data as
+/// [`problem`] (drawn by the crate's RNG, then converted), wherever it runs.
+pub fn problem_on(setup: Setup, seed: u64, dtype: DType, device: &Device) -> Result<Problem> {
+    let device = device.clone();
     let mut rng = Rng::new(seed);
     match setup {
         Setup::MlpInput => {
-            let model = Mlp::new(&[6, 16, 16, 4], Activation::Tanh, seed, DType::F64, &device)?;
-            let (x, labels) = classification_batch(8, 6, 4, DType::F64, &device, &mut rng)?;
+            let model = Mlp::new(&[6, 16, 16, 4], Activation::Tanh, seed, dtype, &device)?;
+            let (x, labels) = classification_batch(8, 6, 4, dtype, &device, &mut rng)?;
             Ok(Problem {
                 vars: model.vars(),
                 target: Target::input(&x)?,
@@ -329,7 +335,7 @@ pub fn problem(setup: Setup, seed: u64) -> Result<Problem> {
             })
         }
         Setup::EmbeddingOutput | Setup::EmbeddingMatrix => {
-            let model = EmbeddingClassifier::new(40, 8, 3, seed, DType::F64, &device)?;
+            let model = EmbeddingClassifier::new(40, 8, 3, seed, dtype, &device)?;
             let batch = model.batch(4, 6, 3, &mut rng)?;
             let vars = model.vars();
             if setup == Setup::EmbeddingOutput {
