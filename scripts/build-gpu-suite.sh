@@ -46,18 +46,18 @@ if [[ ! -f "$STUBS/libcuda.so" ]]; then
   SYS=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | tail -1)
   [[ -n "$SYS" ]] || die "cudarc 0.19 sources not found in the cargo registry (cargo fetch failed?)"
   mkdir -p "$STUBS"
-  grep -rhoE 'pub fn cu[A-Za-z0-9_]+' "$SYS" | sed 's/pub fn //' | sort -u \
+  grep -rhoE '\bfn cu[A-Za-z0-9_]+' "$SYS" | sed 's/^fn //' | sort -u \
     | awk '{print "int " $1 "(void) { return 100; }"}' > "$STUBS/stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUBS/libcuda.so" "$STUBS/stub.c"
   ln -sf libcuda.so "$STUBS/libcuda.so.1"
 fi
 STUBS=$(cd "$STUBS" && pwd)
 
-echo "== building tests/gpu.rs with --features cuda (CUDA_COMPUTE_CAP=90: H100 / H200)"
+echo "== building tests/gpu.rs with --no-default-features --features cuda (CUDA_COMPUTE_CAP=90: H100 / H200)"
 export CUDA_ROOT="$ROOT" CUDA_PATH="$ROOT" PATH="$ROOT/bin:$PATH" CUDA_COMPUTE_CAP=90
 export LIBRARY_PATH="$ROOT/lib:$STUBS${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
-BIN=$(cargo test --release --features cuda --test gpu --no-run --message-format=json \
+BIN=$(cargo test --release --no-default-features --features cuda --test gpu --no-run --message-format=json \
   | python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)

@@ -72,7 +72,7 @@ impl Placement {
     }
 
     /// The eps of the FGM = gradient-penalty order fits. f64: [1e-4, 1e-1]. f32 rounds each gradient
-    /// to about 1e-7 relative, so the O(eps^2) difference (about 1e-2 eps^2 of the gradient here)
+    /// to about 1e-7 relative, so the O(eps^2) difference (2e-2 to 4 eps^2 of the gradient here)
     /// must stay well above that: [1e-2, 1e-1], where the fitted orders on the CPU are 1.96 to 2.01,
     /// so the f64 tolerance holds unchanged.
     pub fn fgm_steps(&self) -> Vec<f64> {
