@@ -9,9 +9,12 @@ pub fn select() -> (Device, String) {
         match Device::new_cuda(0) {
             Ok(device) => return (device, "GPU (CUDA device 0)".into()),
             Err(e) => {
+                // candle appends a backtrace to driver errors: the first line says what happened.
+                let e = e.to_string();
+                let reason = e.lines().next().unwrap_or("unknown error");
                 return (
                     Device::Cpu,
-                    format!("CPU (built with CUDA, but no usable GPU: {e})"),
+                    format!("CPU (built with CUDA, but no usable GPU: {reason})"),
                 );
             }
         }
