@@ -213,3 +213,66 @@ fn checkpoints_of_another_configuration_are_not_resumed() {
     let second = run_one(&other, &prepared_full, fgm(1), &bar).unwrap();
     assert_ne!(first[0].train_loss, second[0].train_loss);
 }
+
+/// The acceptance test as a user meets it: the binary is killed in the middle of an epoch, started
+/// again with the same command, and its final table equals an uninterrupted run's (wall time aside).
+#[test]
+fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
+    use std::process::Command;
+    let root = std::env::temp_dir().join(format!("advtrain-kill-{}", std::process::id()));
+    let command = |out: &std::path::Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_advtrain"));
+        c.args([
+            "experiment",
+            "mnist",
+            "--quick",
+            "--seeds",
+            "1",
+            "--methods",
+            "fgm",
+        ])
+        .args(["--epochs", "3", "--out"])
+        .arg(out)
+        .stdout(std::process::Stdio::null());
+        c
+    };
+    let straight = root.join("straight");
+    assert!(command(&straight).status().unwrap().success());
+
+    let killed = root.join("killed");
+    let checkpoints = killed.join("checkpoints/fgm-eps1-seed1");
+    let mut child = command(&killed).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !checkpoints.join("epoch-1.safetensors").exists() {
+        assert!(
+            started.elapsed().as_secs() < 600,
+            "no checkpoint after 10 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before epoch 1's checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !checkpoints.join("epoch-2.safetensors").exists(),
+        "epoch 2 ended within 300 ms: the kill did not land mid-epoch"
+    );
+    assert!(!killed.join("results.csv").exists());
+    assert!(command(&killed).status().unwrap().success());
+
+    let a = read_rows(&straight.join("results.csv")).unwrap();
+    let b = read_rows(&killed.join("results.csv")).unwrap();
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        let y = EpochRow {
+            seconds: x.seconds,
+            ..y.clone()
+        };
+        assert_eq!(format!("{x:?}"), format!("{y:?}"), "epoch {}", x.epoch);
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
