@@ -71,6 +71,15 @@ impl Placement {
         format!("{device} {:?}", self.dtype).to_lowercase()
     }
 
+    /// How a check's name shows the placement: nothing for the f64 CPU reference, ", cuda f32" etc.
+    fn suffix(&self) -> String {
+        if self.dtype == DType::F64 && self.device.is_cpu() {
+            String::new()
+        } else {
+            format!(", {}", self.name())
+        }
+    }
+
     /// The eps of the FGM = gradient-penalty order fits. f64: [1e-4, 1e-1]. f32 rounds each gradient
     /// to about 1e-7 relative, so the O(eps^2) difference (2e-2 to 4 eps^2 of the gradient here)
     /// must stay well above that: [1e-2, 1e-1], where the fitted orders on the CPU are 1.96 to 2.01,
@@ -163,11 +172,7 @@ pub fn fgm_matches_gradient_penalty_on(
         shown = (l2_norm(&fgm)?, l2_norm(&penalty)?);
     }
     let fit = fit_order(&steps, &errors)?;
-    let place = if at.dtype == DType::F64 && at.device.is_cpu() {
-        String::new()
-    } else {
-        format!(", {}", at.name())
-    };
+    let place = at.suffix();
     Ok(Check {
         identity: format!("FGM {} [{}{place}]", step_norm_name(norm), setup.name()),
         left: format!("|grad FGM|={:.6}", shown.0),
@@ -248,11 +253,7 @@ pub fn noise_matches_laplacian_on(at: &Placement) -> Result<Check> {
         shown = (expected - clean, predicted - clean);
     }
     let fit = fit_order(&sigmas, &residuals)?;
-    let place = if at.dtype == DType::F64 && at.device.is_cpu() {
-        String::new()
-    } else {
-        format!(", {}", at.name())
-    };
+    let place = at.suffix();
     Ok(Check {
         identity: format!("noise: E[l(x+e)] = l + sigma^2/2 tr(H) [one example{place}]"),
         left: format!("E[l(x+e)]-l={:.4e}", shown.0),
@@ -335,8 +336,8 @@ pub fn hutchinson_is_unbiased_on(kind: ProbeKind, probes: usize, at: &Placement)
     let z = (estimate.mean - exact) / estimate.std_error;
     Ok(Check {
         identity: format!(
-            "Hutchinson E[v^T H v] = tr(H) [{kind:?}, {probes} probes, {}]",
-            at.name()
+            "Hutchinson E[v^T H v] = tr(H) [{kind:?}, {probes} probes{}]",
+            at.suffix()
         ),
         left: format!("mean={:.5}+-{:.5}", estimate.mean, estimate.std_error),
         right: format!("tr H={exact:.5}"),
@@ -497,8 +498,8 @@ pub fn curvature_finite_difference_converges_on(at: &Placement) -> Result<Check>
     let fit = fit_order(&steps, &errors)?;
     Ok(Check {
         identity: format!(
-            "HVP: (l(x+hv)+l(x-hv)-2l)/h^2 = v^T H v [MLP input, {}]",
-            at.name()
+            "HVP: (l(x+hv)+l(x-hv)-2l)/h^2 = v^T H v [MLP input{}]",
+            at.suffix()
         ),
         left: format!("fd={shown:.6}"),
         right: format!("exact={exact:.6}"),
