@@ -36,8 +36,8 @@ fn mean_clean_loss(model: &EmbeddingClassifier, batches: &[TokenBatch]) -> advtr
     Ok(total / batches.len() as f32)
 }
 
-fn train(method: &str) -> advtrain::Result<(f32, f32, advtrain::Passes)> {
-    let device = Device::Cpu;
+fn train(method: &str, device: &Device) -> advtrain::Result<(f32, f32, advtrain::Passes)> {
+    let device = device.clone();
     let model = EmbeddingClassifier::new(200, 32, 4, 1, DType::F32, &device)?;
     let mut rng = Rng::new(2);
     let batches: Vec<TokenBatch> = (0..4)
@@ -121,13 +121,15 @@ fn main() {
     // SAFETY: set before any other thread exists and before any backward pass (gradient penalty needs
     // second order; cargo sets it too, through .cargo/config.toml).
     unsafe { advtrain::second_order::enable_for_new_threads() };
+    let (device, description) = advtrain::device::select();
+    println!("device: {description}");
     println!(
         "{:<18} {:>12} {:>12} {:>8} {:>9}",
         "method", "loss before", "loss after", "forward", "backward"
     );
     let mut failed = false;
     for method in METHODS {
-        match train(method) {
+        match train(method, &device) {
             Ok((before, after, passes)) => {
                 let ok = after < before;
                 failed |= !ok;

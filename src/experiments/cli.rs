@@ -102,6 +102,7 @@ pub fn run(args: &[String]) -> Result<String> {
         if options.quick { " (quick)" } else { "" },
         options.out_dir.display()
     );
+    println!("device: {}", crate::device::select().1);
     super::run::run(&options)?;
     let summary = std::fs::read_to_string(options.out_dir.join("summary.md")).map_err(|e| {
         Error::data(

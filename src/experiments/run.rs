@@ -618,7 +618,8 @@ pub fn run_one(
 ) -> Result<Vec<EpochRow>> {
     crate::error::check_positive("--eps", run.eps)?;
     let Run { method, seed, .. } = run;
-    let device = Device::Cpu;
+    // The GPU when the build has CUDA and one is present (cli::run says which), the CPU otherwise.
+    let (device, _) = crate::device::select();
     let hyper = Hyper {
         eps: run.eps,
         ..options.experiment.hyper()
