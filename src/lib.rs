@@ -85,6 +85,7 @@ pub mod error;
 pub mod fgm;
 pub mod free_at;
 pub mod freelb;
+pub mod fused;
 pub mod gradient_penalty;
 pub mod init;
 pub mod laplacian;
