@@ -65,15 +65,29 @@ for line in sys.stdin:
         print(m["executable"])')
 [[ -n "$BIN" && -x "$BIN" ]] || die "cargo built no gpu test binary"
 
+echo "== building the step-timing bench (benches/gpu_step.rs) with the same features"
+BENCH=$(cargo bench --no-default-features --features cuda --bench gpu_step --no-run --message-format=json \
+  | python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu_step" and m.get("executable"):
+        print(m["executable"])')
+[[ -n "$BENCH" && -x "$BENCH" ]] || die "cargo built no gpu_step bench binary"
+
 mkdir -p "$OUT"
 cp "$BIN" "$OUT/advtrain-gpu-suite"
-strip "$OUT/advtrain-gpu-suite"
-cp scripts/run-gpu-suite.sh "$OUT/"
-SIZE=$(stat -c %s "$OUT/advtrain-gpu-suite")
-(( SIZE < 64 * 1024 * 1024 )) || die "the stripped binary is $SIZE bytes, over the 64 MiB a copy allows"
-echo "== $OUT/advtrain-gpu-suite: $((SIZE / 1024 / 1024)) MiB"
+cp "$BENCH" "$OUT/advtrain-gpu-step"
+strip "$OUT/advtrain-gpu-suite" "$OUT/advtrain-gpu-step"
+cp scripts/run-gpu-suite.sh scripts/torch_step.py "$OUT/"
+for f in advtrain-gpu-suite advtrain-gpu-step; do
+  SIZE=$(stat -c %s "$OUT/$f")
+  (( SIZE < 64 * 1024 * 1024 )) || die "$f is $SIZE bytes stripped, over the 64 MiB one copy allows"
+  echo "== $OUT/$f: $((SIZE / 1024 / 1024)) MiB (copy each file on its own)"
+done
 
 echo "== its CPU part here, against the stub driver (GPU tests skipped)"
 LD_LIBRARY_PATH="$ROOT/lib:$STUBS" CANDLE_GRAD_DO_NOT_DETACH=1 \
   "$OUT/advtrain-gpu-suite" --skip gpu_ --nocapture --test-threads 1
+echo "== the timing bench starts here (tiny model, CPU): it runs, its figures mean nothing"
+LD_LIBRARY_PATH="$ROOT/lib:$STUBS" "$OUT/advtrain-gpu-step" --layers 1 --hidden 64 --batch 4 --seq 8 --rounds 2
 echo "== ready: copy $OUT/ to the GPU machine and run: bash run-gpu-suite.sh REPORT_DIR"

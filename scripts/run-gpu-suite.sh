@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the GPU suite built by scripts/build-gpu-suite.sh on the GPU machine and writes its report to
-# the folder given as argument. Usage: bash run-gpu-suite.sh REPORT_DIR [BINARY]
+# Runs the GPU suite built by scripts/build-gpu-suite.sh on the GPU machine, then the step timings
+# (advtrain-gpu-step, and torch_step.py with the machine's PyTorch; GPU_STEP_ARGS passes options such
+# as --gp-micro-batch 8), and writes the reports to the folder given as argument.
+# Usage: bash run-gpu-suite.sh REPORT_DIR [BINARY]
 # The CUDA libraries the binary needs (libcublas.so.13, libcurand.so.10, libcudart.so.13, libnvrtc)
 # are taken from the first folder found among $CUDA_LIB_DIR and PyTorch's nvidia/cu13 wheels; the
 # driver (libcuda.so.1) is the machine's own.
@@ -30,4 +32,14 @@ LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CANDLE_GRAD_DO_NOT_
 STATUS=${PIPESTATUS[0]}
 set -e
 echo "exit status: $STATUS" | tee -a "$REPORT/suite.txt"
+
+# Step timings: advtrain's bench, then the same model and steps in PyTorch, on the same GPU.
+if [[ -x "$HERE/advtrain-gpu-step" ]]; then
+  LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CANDLE_GRAD_DO_NOT_DETACH=1 \
+    "$HERE/advtrain-gpu-step" ${GPU_STEP_ARGS:-} 2>&1 | tee "$REPORT/timings-advtrain.txt" || true
+fi
+PYTHON=${PYTHON:-$(command -v python3 || true)}
+if [[ -n "$PYTHON" && -f "$HERE/torch_step.py" ]]; then
+  "$PYTHON" "$HERE/torch_step.py" 2>&1 | tee "$REPORT/timings-torch.txt" || true
+fi
 exit "$STATUS"

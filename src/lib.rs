@@ -125,5 +125,4 @@ pub use target_shift::{Divergence, TargetShift};
 pub use vat::Vat;
 pub use yopo::Yopo;
 
-#[cfg(feature = "experiments")]
 pub mod experiments;

@@ -1,7 +1,9 @@
 //! The experiments: does adversarial training help on real data? (`cargo run --release -- experiment`)
 //!
-//! Built only with the `experiments` feature (on by default). The library's methods do not depend on
-//! anything here; this is the runner the book's "Experiments" chapter reports from.
+//! The models ([`layers`], [`encoder`], [`cnn`]) are always built (the GPU suite and its timings use
+//! the encoder); the data, tokenisers, runner and reports need the `experiments` feature (on by
+//! default), which brings polars, tokenizers and the compression crates. The library's methods do not
+//! depend on anything here; this is the runner the book's "Experiments" chapter reports from.
 //!
 //! | module | concept |
 //! |---|---|
@@ -15,12 +17,18 @@
 //! | [`report`] | results CSV, summary table, figures |
 //! | [`cli`] | the `experiment` command line |
 
+#[cfg(feature = "experiments")]
 pub mod checkpoint;
+#[cfg(feature = "experiments")]
 pub mod cli;
 pub mod cnn;
+#[cfg(feature = "experiments")]
 pub mod data;
 pub mod encoder;
 pub mod layers;
+#[cfg(feature = "experiments")]
 pub mod report;
+#[cfg(feature = "experiments")]
 pub mod run;
+#[cfg(feature = "experiments")]
 pub mod tokenize;
