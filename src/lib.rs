@@ -75,6 +75,10 @@ mod book {
     mod methods {}
     #[doc = include_str!("../book/src/experiments.md")]
     mod experiments {}
+    #[doc = include_str!("../book/src/gpu.md")]
+    mod gpu {}
+    #[doc = include_str!("../book/src/speed.md")]
+    mod speed {}
 }
 
 pub mod ball;
