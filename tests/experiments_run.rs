@@ -183,6 +183,20 @@ fn the_command_line_rejects_what_it_does_not_know() {
     assert!(o.out_dir.ends_with("mnist-quick"));
     let full = parse(&args("thucnews")).unwrap();
     assert!(full.out_dir.ends_with("data/results/thucnews"));
+    // Fine-tuning MiniLM: baseline, FGM and gradient penalty unless asked, one epoch.
+    let rt = parse(&args("rotten-tomatoes")).unwrap();
+    assert_eq!(
+        rt.methods,
+        [Method::Baseline, Method::Fgm, Method::GradientPenalty]
+    );
+    assert_eq!((rt.epochs, rt.seeds), (1, 3));
+    // Without the downloaded model, preparing says to run the setup script.
+    let missing = Options {
+        data_dir: "no-such-data".into(),
+        ..rt
+    };
+    let e = prepare(&missing).err().unwrap().to_string();
+    assert!(e.contains("scripts/setup.sh"), "{e}");
     for bad in [
         "",
         "imagenet",
