@@ -24,74 +24,39 @@ struct NumberColumn {
     set: fn(&mut EpochRow, f64),
 }
 
+/// A [`NumberColumn`] for the field `$field` of type `$ty` (integers are written without decimals).
+macro_rules! number_column {
+    ($field:ident, f64) => {
+        NumberColumn {
+            name: stringify!($field),
+            integer: false,
+            get: |r| r.$field,
+            set: |r, v| r.$field = v,
+        }
+    };
+    ($field:ident, $ty:ty) => {
+        NumberColumn {
+            name: stringify!($field),
+            integer: true,
+            get: |r| r.$field as f64,
+            set: |r, v| r.$field = v as $ty,
+        }
+    };
+}
+
 /// The numeric columns, in file order (after `experiment` and `method`).
 const NUMBERS: [NumberColumn; 11] = [
-    NumberColumn {
-        name: "eps",
-        integer: false,
-        get: |r| r.eps,
-        set: |r, v| r.eps = v,
-    },
-    NumberColumn {
-        name: "seed",
-        integer: true,
-        get: |r| r.seed as f64,
-        set: |r, v| r.seed = v as u64,
-    },
-    NumberColumn {
-        name: "epoch",
-        integer: true,
-        get: |r| r.epoch as f64,
-        set: |r, v| r.epoch = v as usize,
-    },
-    NumberColumn {
-        name: "train_loss",
-        integer: false,
-        get: |r| r.train_loss,
-        set: |r, v| r.train_loss = v,
-    },
-    NumberColumn {
-        name: "dev_accuracy",
-        integer: false,
-        get: |r| r.dev_accuracy,
-        set: |r, v| r.dev_accuracy = v,
-    },
-    NumberColumn {
-        name: "test_accuracy",
-        integer: false,
-        get: |r| r.test_accuracy,
-        set: |r, v| r.test_accuracy = v,
-    },
-    NumberColumn {
-        name: "fgsm_accuracy",
-        integer: false,
-        get: |r| r.fgsm_accuracy,
-        set: |r, v| r.fgsm_accuracy = v,
-    },
-    NumberColumn {
-        name: "pgd_accuracy",
-        integer: false,
-        get: |r| r.pgd_accuracy,
-        set: |r, v| r.pgd_accuracy = v,
-    },
-    NumberColumn {
-        name: "passes_forward",
-        integer: true,
-        get: |r| r.passes_forward as f64,
-        set: |r, v| r.passes_forward = v as usize,
-    },
-    NumberColumn {
-        name: "passes_backward",
-        integer: true,
-        get: |r| r.passes_backward as f64,
-        set: |r, v| r.passes_backward = v as usize,
-    },
-    NumberColumn {
-        name: "seconds",
-        integer: false,
-        get: |r| r.seconds,
-        set: |r, v| r.seconds = v,
-    },
+    number_column!(eps, f64),
+    number_column!(seed, u64),
+    number_column!(epoch, usize),
+    number_column!(train_loss, f64),
+    number_column!(dev_accuracy, f64),
+    number_column!(test_accuracy, f64),
+    number_column!(fgsm_accuracy, f64),
+    number_column!(pgd_accuracy, f64),
+    number_column!(passes_forward, usize),
+    number_column!(passes_backward, usize),
+    number_column!(seconds, f64),
 ];
 
 /// Writes `rows` as CSV to `path` (written to a temporary name, then renamed).
@@ -196,6 +161,11 @@ pub struct Summary {
     pub seconds_per_epoch: f64,
 }
 
+/// Whether `r` belongs to the summary line of `method` at radius `eps` (`None`: any radius).
+fn in_group(r: &EpochRow, method: &str, eps: Option<f64>) -> bool {
+    r.method == method && eps.is_none_or(|e| r.eps == e)
+}
+
 /// Summarises the final epoch of every run, per method and radius, in the order they first appear.
 pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
     let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
@@ -207,9 +177,7 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
             groups.push(group);
         }
     }
-    let in_group = |r: &EpochRow, (m, eps): (&str, Option<f64>)| {
-        r.method == m && eps.is_none_or(|e| r.eps == e)
-    };
+    let in_group = |r: &EpochRow, (m, eps): (&str, Option<f64>)| in_group(r, m, eps);
     let finals = |g, get: fn(&EpochRow) -> f64| -> Vec<f64> {
         rows.iter()
             .filter(|r| in_group(r, g) && r.epoch == last)
@@ -256,15 +224,17 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
 /// spread to show).
 fn pct((mean, spread): (f64, f64), seeds: usize, sign: bool) -> String {
     if mean.is_nan() {
-        "-".into()
-    } else if sign && seeds < 2 {
+        return "-".into();
+    }
+    let value = if sign {
         format!("{:+.2}", 100.0 * mean)
-    } else if sign {
-        format!("{:+.2} ± {:.2}", 100.0 * mean, 100.0 * spread)
-    } else if seeds < 2 {
-        format!("{:.2}", 100.0 * mean)
     } else {
-        format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * spread)
+        format!("{:.2}", 100.0 * mean)
+    };
+    if seeds < 2 {
+        value
+    } else {
+        format!("{value} ± {:.2}", 100.0 * spread)
     }
 }
 
