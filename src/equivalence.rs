@@ -118,6 +118,17 @@ pub const ORDER_4_TOLERANCE: f64 = 0.3;
 /// Largest |z| accepted for an unbiased estimator (3 standard errors).
 pub const MAX_Z: f64 = 3.0;
 
+/// The step geometries checked on `setup`: raw, L2 (per example, or per batch for the embedding
+/// matrix, which has no examples) and sign.
+pub fn step_norms(setup: Setup) -> [StepNorm; 3] {
+    let l2 = if setup == Setup::EmbeddingMatrix {
+        StepNorm::L2(Scope::PerBatch)
+    } else {
+        StepNorm::L2(Scope::PerExample)
+    };
+    [StepNorm::Raw, l2, StepNorm::Sign]
+}
+
 fn step_norm_name(norm: StepNorm) -> &'static str {
     match norm {
         StepNorm::Raw => "raw eps*g = GP eps/2*||g||^2",
@@ -690,16 +701,8 @@ pub fn lipschitz_bound_holds(pairs: usize) -> Result<Check> {
 pub fn gradients_agree(a: &Placement, b: &Placement, tolerance: f64) -> Result<Check> {
     let mut worst: f64 = 0.0;
     let mut shown = (0.0, 0.0);
-    for setup in [
-        Setup::MlpInput,
-        Setup::EmbeddingOutput,
-        Setup::EmbeddingMatrix,
-    ] {
-        let l2 = if setup == Setup::EmbeddingMatrix {
-            StepNorm::L2(Scope::PerBatch)
-        } else {
-            StepNorm::L2(Scope::PerExample)
-        };
+    for setup in Setup::ALL {
+        let [_, l2, _] = step_norms(setup);
         let mut values: Vec<Vec<Tensor>> = Vec::new();
         for at in [a, b] {
             let problem = toy::problem_on(setup, 7, at.dtype, &at.device)?;
@@ -752,17 +755,8 @@ pub fn gradients_agree(a: &Placement, b: &Placement, tolerance: f64) -> Result<C
 /// Every check, in the book's order.
 pub fn all() -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for setup in [
-        Setup::MlpInput,
-        Setup::EmbeddingOutput,
-        Setup::EmbeddingMatrix,
-    ] {
-        let l2 = if setup == Setup::EmbeddingMatrix {
-            StepNorm::L2(Scope::PerBatch)
-        } else {
-            StepNorm::L2(Scope::PerExample)
-        };
-        for norm in [StepNorm::Raw, l2, StepNorm::Sign] {
+    for setup in Setup::ALL {
+        for norm in step_norms(setup) {
             checks.push(fgm_matches_gradient_penalty(setup, norm)?);
         }
     }

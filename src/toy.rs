@@ -289,6 +289,13 @@ pub enum Setup {
 }
 
 impl Setup {
+    /// Every setup, in table order.
+    pub const ALL: [Setup; 3] = [
+        Setup::MlpInput,
+        Setup::EmbeddingOutput,
+        Setup::EmbeddingMatrix,
+    ];
+
     /// A short name for tables.
     pub fn name(&self) -> &'static str {
         match self {

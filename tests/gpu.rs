@@ -7,10 +7,9 @@
 
 use advtrain::equivalence::{
     Check, Placement, curvature_finite_difference_converges_on, fgm_matches_gradient_penalty_on,
-    gradients_agree, hutchinson_is_unbiased_on, noise_matches_laplacian_on,
+    gradients_agree, hutchinson_is_unbiased_on, noise_matches_laplacian_on, step_norms,
 };
 use advtrain::laplacian::ProbeKind;
-use advtrain::norm::{Scope, StepNorm};
 use advtrain::toy::Setup;
 use candle_core::{DType, Device};
 
@@ -45,17 +44,8 @@ fn report(checks: &[Check]) {
 /// The core equivalences at one placement.
 fn suite(at: &Placement) -> Vec<Check> {
     let mut checks = Vec::new();
-    for setup in [
-        Setup::MlpInput,
-        Setup::EmbeddingOutput,
-        Setup::EmbeddingMatrix,
-    ] {
-        let l2 = if setup == Setup::EmbeddingMatrix {
-            StepNorm::L2(Scope::PerBatch)
-        } else {
-            StepNorm::L2(Scope::PerExample)
-        };
-        for norm in [StepNorm::Raw, l2, StepNorm::Sign] {
+    for setup in Setup::ALL {
+        for norm in step_norms(setup) {
             checks.push(fgm_matches_gradient_penalty_on(setup, norm, at).unwrap());
         }
     }
