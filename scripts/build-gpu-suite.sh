@@ -57,22 +57,24 @@ echo "== building tests/gpu.rs with --no-default-features --features cuda (CUDA_
 export CUDA_ROOT="$ROOT" CUDA_PATH="$ROOT" PATH="$ROOT/bin:$PATH" CUDA_COMPUTE_CAP=90
 export LIBRARY_PATH="$ROOT/lib:$STUBS${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
-BIN=$(cargo test --release --no-default-features --features cuda --test gpu --no-run --message-format=json \
-  | python3 -c 'import sys, json
+# built NAME CARGO_ARGS...: builds target NAME with the cuda feature (`cargo CARGO_ARGS --no-run`) and
+# prints its executable's path.
+built() {
+  local name=$1 path
+  shift
+  path=$(cargo "$@" --no-default-features --features cuda --no-run --message-format=json \
+    | python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable"):
-        print(m["executable"])')
-[[ -n "$BIN" && -x "$BIN" ]] || die "cargo built no gpu test binary"
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$name")
+  [[ -n "$path" && -x "$path" ]] || die "cargo built no executable for $name"
+  echo "$path"
+}
+BIN=$(built gpu test --release --test gpu)
 
 echo "== building the step-timing bench (benches/gpu_step.rs) with the same features"
-BENCH=$(cargo bench --no-default-features --features cuda --bench gpu_step --no-run --message-format=json \
-  | python3 -c 'import sys, json
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu_step" and m.get("executable"):
-        print(m["executable"])')
-[[ -n "$BENCH" && -x "$BENCH" ]] || die "cargo built no gpu_step bench binary"
+BENCH=$(built gpu_step bench --bench gpu_step)
 
 mkdir -p "$OUT"
 cp "$BIN" "$OUT/advtrain-gpu-suite"
