@@ -1,87 +1,252 @@
-//! Fused differentiable ops (src/fused.rs): values equal the composite form's, first and second
-//! derivatives match finite differences, and the fused ops are exact where candle's gelu_erf
-//! backward is not.
+//! Fused differentiable ops (src/fused/): each equals its composite form in value, gradient and
+//! Hessian-vector product; first, second and third derivatives match finite differences in f64;
+//! bad input is an error, not a panic.
 
-use advtrain::fused::{gelu_erf, gelu_erf_composite};
+use advtrain::fused;
 use advtrain::verify::{gradcheck, gradcheck_second_order, relative_error};
 use advtrain::{Rng, Target};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 
-fn points(dtype: DType) -> Tensor {
-    // Both tails and the middle: the derivatives change sign near |x| = sqrt 2 and 2.
+type Op = Box<dyn Fn(&Tensor) -> advtrain::Result<Tensor>>;
+
+/// One fused op, its composite reference and the shape of its test input.
+struct Case {
+    name: &'static str,
+    fused: Op,
+    composite: Op,
+    shape: (usize, usize),
+}
+
+fn labels() -> Tensor {
+    Tensor::new(&[3u32, 0, 6, 6, 1], &Device::Cpu).unwrap()
+}
+
+fn cases() -> Vec<Case> {
+    let weight = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.7, 1.1, -0.3], &Device::Cpu).unwrap();
+    let bias = Tensor::new(&[0.1f64, -0.2, 0.3, 0.0, 0.5, -0.4, 0.2], &Device::Cpu).unwrap();
+    let affine =
+        |w: &Tensor, b: &Tensor, dtype| (w.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+    let (w1, b1) = (weight.clone(), bias.clone());
+    let (w2, b2) = (weight, bias);
+    vec![
+        Case {
+            name: "gelu_erf",
+            fused: Box::new(fused::gelu_erf),
+            composite: Box::new(fused::gelu_erf_composite),
+            shape: (4, 25),
+        },
+        Case {
+            name: "gelu_tanh",
+            fused: Box::new(fused::gelu_tanh),
+            composite: Box::new(fused::gelu_tanh_composite),
+            shape: (4, 25),
+        },
+        Case {
+            name: "layer_norm",
+            fused: Box::new(move |x| {
+                let (w, b) = affine(&w1, &b1, x.dtype());
+                fused::layer_norm(x, Some(&w), Some(&b), 1e-3)
+            }),
+            composite: Box::new(move |x| {
+                let (w, b) = affine(&w2, &b2, x.dtype());
+                advtrain::ops::layer_norm(x, Some(&w), Some(&b), 1e-3)
+            }),
+            shape: (5, 7),
+        },
+        Case {
+            name: "softmax_last_dim",
+            fused: Box::new(fused::softmax_last_dim),
+            composite: Box::new(advtrain::ops::softmax_last_dim),
+            shape: (5, 7),
+        },
+        Case {
+            name: "log_softmax_last_dim",
+            fused: Box::new(fused::log_softmax_last_dim),
+            composite: Box::new(advtrain::ops::log_softmax_last_dim),
+            shape: (5, 7),
+        },
+        Case {
+            name: "cross_entropy",
+            fused: Box::new(|z| fused::cross_entropy(z, &labels())),
+            // candle_nn's cross_entropy fails in a double backward whose incoming gradient
+            // depends on the input (its gather's backward scatters with mismatched shapes), so
+            // the reference is the soft-target form with one-hot targets.
+            composite: Box::new(|z| {
+                let onehot = candle_nn::encoding::one_hot(labels(), 7, 1.0, 0.0)?;
+                advtrain::ops::soft_cross_entropy(z, &onehot.to_dtype(z.dtype())?)
+            }),
+            shape: (5, 7),
+        },
+    ]
+}
+
+fn points(shape: (usize, usize), dtype: DType) -> Tensor {
+    // Both tails and the middle: GELU's derivatives change sign near |x| = sqrt 2 and 2.
     let mut rng = Rng::new(3);
-    (rng.normal((4, 25), DType::F64, &Device::Cpu).unwrap() * 2.0)
+    (rng.normal(shape, DType::F64, &Device::Cpu).unwrap() * 2.0)
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
 }
 
-/// A scalar that weights every element differently, so a wrong entry cannot cancel.
-fn weighted_sum(y: &Tensor) -> candle_core::Result<Tensor> {
+/// A nonlinear scalar that weights every element differently, so a wrong entry cannot cancel, and
+/// whose gradient depends on the output (so a double backward meets both arguments of each
+/// backward op).
+fn scalar(y: &Tensor) -> candle_core::Result<Tensor> {
     let n = y.elem_count();
-    let w = Tensor::arange(1.0, n as f64 + 1.0, y.device())?
+    let w = (Tensor::arange(1.0, n as f64 + 1.0, y.device())? / n as f64)?
         .to_dtype(y.dtype())?
         .reshape(y.shape())?;
-    (y * w)?.sum_all()
+    ((y + (y.sqr()? * 0.5)?)? * w)?.sum_all()
+}
+
+fn through<'a>(op: &'a Op) -> impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'a {
+    move |x| scalar(&op(x).map_err(candle_core::Error::from)?)
+}
+
+fn gradient(f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Tensor) -> Tensor {
+    let var = Var::from_tensor(x).unwrap();
+    let grads = f(var.as_tensor()).unwrap().backward().unwrap();
+    grads.get(var.as_tensor()).unwrap().clone()
+}
+
+fn hvp(f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Tensor, v: &Tensor) -> Tensor {
+    let target = Target::input(x).unwrap();
+    advtrain::laplacian::hessian_vector_product(&target, f, v).unwrap()
 }
 
 #[test]
-fn values_equal_the_composite_form() {
-    for (dtype, tolerance) in [(DType::F64, 1e-15), (DType::F32, 1e-6)] {
-        let x = points(dtype);
-        let e = relative_error(&gelu_erf(&x).unwrap(), &gelu_erf_composite(&x).unwrap()).unwrap();
-        assert!(e < tolerance, "{dtype:?}: {e:e}");
+fn values_gradients_and_hessian_vector_products_equal_the_composite_forms() {
+    for case in cases() {
+        for (dtype, tolerance) in [(DType::F64, 1e-14), (DType::F32, 2e-6)] {
+            let x = points(case.shape, dtype);
+            let v = points(case.shape, dtype).t().unwrap().contiguous().unwrap();
+            let v = v.reshape(x.shape()).unwrap();
+            let (fused, composite) = (through(&case.fused), through(&case.composite));
+            let value =
+                relative_error(&(case.fused)(&x).unwrap(), &(case.composite)(&x).unwrap()).unwrap();
+            let grad = relative_error(&gradient(&fused, &x), &gradient(&composite, &x)).unwrap();
+            let second = relative_error(&hvp(&fused, &x, &v), &hvp(&composite, &x, &v)).unwrap();
+            println!(
+                "{} {dtype:?}: value {value:.1e}, gradient {grad:.1e}, Hv {second:.1e}",
+                case.name
+            );
+            assert!(value < tolerance, "{} {dtype:?} value {value:e}", case.name);
+            assert!(
+                grad < tolerance * 10.0,
+                "{} {dtype:?} gradient {grad:e}",
+                case.name
+            );
+            assert!(
+                second < tolerance * 100.0,
+                "{} {dtype:?} Hv {second:e}",
+                case.name
+            );
+        }
     }
-    // A strided (transposed) input gives the same values.
-    let x = points(DType::F64).t().unwrap();
-    let e = relative_error(&gelu_erf(&x).unwrap(), &gelu_erf_composite(&x).unwrap()).unwrap();
-    assert!(e < 1e-15, "{e:e}");
 }
 
 #[test]
-fn first_and_second_derivatives_match_finite_differences() {
-    let x = points(DType::F64);
-    let f = |x: &Tensor| weighted_sum(&gelu_erf(x).map_err(candle_core::Error::from)?);
-    let first = gradcheck(f, &x, 1e-5).unwrap();
-    assert!(first.relative_error < 1e-9, "{first:?}");
-    let v = Rng::new(4)
-        .normal(x.shape(), DType::F64, &Device::Cpu)
+fn strided_input_gives_the_same_values() {
+    for case in cases().into_iter().filter(|c| c.name != "cross_entropy") {
+        let x = points((case.shape.1, case.shape.0), DType::F64)
+            .t()
+            .unwrap();
+        assert!(!x.is_contiguous());
+        let e = relative_error(&(case.fused)(&x).unwrap(), &(case.composite)(&x).unwrap()).unwrap();
+        assert!(e < 1e-14, "{}: {e:e}", case.name);
+    }
+}
+
+#[test]
+fn first_second_and_third_derivatives_match_finite_differences() {
+    for case in cases() {
+        let x = points(case.shape, DType::F64);
+        let f = through(&case.fused);
+        let first = gradcheck(&f, &x, 1e-5).unwrap();
+        let v = Rng::new(4)
+            .normal(x.shape(), DType::F64, &Device::Cpu)
+            .unwrap();
+        let second = gradcheck_second_order(&f, &x, &v, 1e-5).unwrap();
+        // Third order through the composite tails: the Hessian-vector product's own gradient.
+        let third = gradcheck(
+            |x: &Tensor| {
+                let t = Target::input(x).map_err(candle_core::Error::from)?;
+                let hv = advtrain::laplacian::hessian_vector_product(&t, &f, &v)
+                    .map_err(candle_core::Error::from)?;
+                scalar(&hv)
+            },
+            &x,
+            1e-5,
+        )
         .unwrap();
-    let second = gradcheck_second_order(f, &x, &v, 1e-5).unwrap();
-    assert!(second.relative_error < 1e-8, "{second:?}");
-    // Third order through the composite tail: the Hessian-vector product's own gradient.
-    let third = gradcheck(
-        |x: &Tensor| {
-            let t = Target::input(x).map_err(candle_core::Error::from)?;
-            let hv = advtrain::laplacian::hessian_vector_product(&t, &f, &v)
-                .map_err(candle_core::Error::from)?;
-            weighted_sum(&hv)
-        },
-        &x,
-        1e-5,
-    )
-    .unwrap();
-    assert!(third.relative_error < 1e-7, "{third:?}");
+        println!(
+            "{}: first {:.1e}, second {:.1e}, third {:.1e}",
+            case.name, first.relative_error, second.relative_error, third.relative_error
+        );
+        for (order, check, tolerance) in [(1, first, 1e-8), (2, second, 1e-7), (3, third, 1e-6)] {
+            assert!(
+                check.norm > 0.0,
+                "{} order {order}: zero derivative",
+                case.name
+            );
+            assert!(
+                check.relative_error < tolerance,
+                "{} order {order}: {check:?}",
+                case.name
+            );
+        }
+    }
 }
 
 #[test]
 fn the_fused_gradient_is_exact_where_candles_gelu_erf_is_not() {
-    let x = points(DType::F64);
-    let grad = |f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| {
-        let var = candle_core::Var::from_tensor(&x).unwrap();
-        let g = weighted_sum(&f(var.as_tensor()).unwrap())
-            .unwrap()
-            .backward()
-            .unwrap();
-        g.get(var.as_tensor()).unwrap().clone()
-    };
-    let fused = grad(&|x| gelu_erf(x).map_err(candle_core::Error::from));
-    let composite = grad(&|x| gelu_erf_composite(x).map_err(candle_core::Error::from));
-    let candle = grad(&|x| x.gelu_erf());
+    let x = points((4, 25), DType::F64);
+    let linear =
+        |f: fn(&Tensor) -> candle_core::Result<Tensor>| move |x: &Tensor| (f(x)? * 1.0)?.sum_all();
+    let fused = gradient(
+        &linear(|x| fused::gelu_erf(x).map_err(candle_core::Error::from)),
+        &x,
+    );
+    let composite = gradient(
+        &linear(|x| fused::gelu_erf_composite(x).map_err(candle_core::Error::from)),
+        &x,
+    );
+    let candle = gradient(&linear(|x| x.gelu_erf()), &x);
     let ours = relative_error(&fused, &composite).unwrap();
     let theirs = relative_error(&candle, &composite).unwrap();
     assert!(ours < 1e-14, "{ours:e}");
     // candle's backward uses 0.398942 for 1/sqrt(2 pi): a relative error near 1e-7, far above f64's.
     assert!(theirs > 1e-9, "{theirs:e}");
     println!("gelu_erf gradient vs exact: fused {ours:.1e}, candle {theirs:.1e}");
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_argument() {
+    let ints = Tensor::new(&[1u32, 2, 3], &Device::Cpu).unwrap();
+    let message = fused::gelu_erf(&ints).unwrap_err().to_string();
+    assert!(
+        message.contains("x") && message.contains("to_dtype"),
+        "{message}"
+    );
+    let scalar = Tensor::new(1.0f64, &Device::Cpu).unwrap();
+    assert!(fused::softmax_last_dim(&scalar).is_err());
+    let logits = points((5, 7), DType::F64);
+    let short = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    let message = fused::cross_entropy(&logits, &short)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("labels"), "{message}");
+    let out_of_range = Tensor::new(&[1u32, 2, 3, 4, 7], &Device::Cpu).unwrap();
+    let message = fused::cross_entropy(&logits, &out_of_range)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("out of range"), "{message}");
+    let candle = candle_nn::loss::cross_entropy(&logits, &labels()).unwrap();
+    let ours = fused::cross_entropy(&logits, &labels()).unwrap();
+    assert!(relative_error(&ours, &candle).unwrap() < 1e-15);
+    let message = fused::layer_norm(&logits, None, None, -1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("eps"), "{message}");
 }

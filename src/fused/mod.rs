@@ -1,0 +1,25 @@
+//! Fused, differentiable operations: one pass over the data forward and one backward, where candle
+//! builds a chain of tensor operations (a pass and an allocation each) or has a fused op without a
+//! backward.
+//!
+//! | function | replaces | module |
+//! |---|---|---|
+//! | [`gelu_erf`], [`gelu_tanh`] | `Tensor::gelu_erf`, `Tensor::gelu` | `gelu` |
+//! | [`layer_norm`] | [`crate::ops::layer_norm`] | `layer_norm` |
+//! | [`softmax_last_dim`], [`log_softmax_last_dim`] | [`crate::ops::softmax_last_dim`], [`crate::ops::log_softmax_last_dim`] | `softmax` |
+//! | [`cross_entropy`] | `candle_nn::loss::cross_entropy` | `softmax` |
+//!
+//! Every op's backward is itself a fused op whose backward is built from differentiable pieces, so
+//! gradient penalty and Hutchinson (double backward) keep working and run fused code on both passes.
+//! `tests/fused.rs` checks each against its composite form: values, first derivatives and
+//! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
+//! device each function falls back to the composite form. Book: "Speed".
+
+mod gelu;
+mod kernel;
+mod layer_norm;
+mod softmax;
+
+pub use gelu::{gelu_erf, gelu_erf_composite, gelu_tanh, gelu_tanh_composite};
+pub use layer_norm::layer_norm;
+pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};
