@@ -1,0 +1,378 @@
+//! advtrain's side of the side-by-side benchmark against JAX (`scripts/side-by-side.sh`).
+//!
+//! Two models, f32 on the CPU, each in two variants: `candle` (candle's own GELU, the composite layer
+//! norm and softmax of [`advtrain::ops`], `candle_nn`'s cross-entropy) and `fused` (the same model
+//! with [`advtrain::fused`]):
+//! * `mlp`: 512-512-512-10, GELU (erf), softmax cross-entropy, batch 256, input target;
+//! * `embedding`: vocabulary 5,000, width 128, 32 tokens, batch 32; two pre-norm transformer blocks
+//!   (single-head self-attention, feed-forward 128-512-128 with GELU), a final layer norm, masked mean
+//!   pool, 10 classes; FGM and the rest act on the embedding output.
+//!
+//! Steps: `plain` (loss and the weights' gradients), `fgm` (eps 0.5, clean + adversarial),
+//! `gradient_penalty` (eps 0.5, double backward), `hutchinson_1` (sigma 0.1, one Rademacher probe,
+//! trained through). `scripts/side_by_side_jax.py` builds the same models and steps in JAX.
+//!
+//! With `--worker`, it reads lines `model variant method steps` on stdin and answers each with the
+//! milliseconds the steps took in all; `scripts/side_by_side.py` drives it and the JAX worker in
+//! turn. Without, `cargo bench --bench side_by_side` prints advtrain's own table (candle vs fused).
+
+use advtrain::init::SeededVarMap;
+use advtrain::{Fgm, GradientPenalty, Laplacian, Rng, Target, fused, ops};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+type Unary = fn(&Tensor) -> advtrain::Result<Tensor>;
+type Norm = fn(&Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> advtrain::Result<Tensor>;
+type Loss = fn(&Tensor, &Tensor) -> advtrain::Result<Tensor>;
+
+/// The elementwise and row-wise operations a variant uses.
+#[derive(Clone, Copy)]
+struct Ops {
+    gelu: Unary,
+    layer_norm: Norm,
+    softmax: Unary,
+    cross_entropy: Loss,
+}
+
+fn candle_gelu(x: &Tensor) -> advtrain::Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+fn candle_cross_entropy(z: &Tensor, y: &Tensor) -> advtrain::Result<Tensor> {
+    Ok(candle_nn::loss::cross_entropy(z, y)?)
+}
+
+const CANDLE: Ops = Ops {
+    gelu: candle_gelu,
+    layer_norm: ops::layer_norm,
+    softmax: ops::softmax_last_dim,
+    cross_entropy: candle_cross_entropy,
+};
+
+const FUSED: Ops = Ops {
+    gelu: fused::gelu_erf,
+    layer_norm: fused::layer_norm,
+    softmax: fused::softmax_last_dim,
+    cross_entropy: fused::cross_entropy,
+};
+
+fn ops(variant: &str) -> Option<Ops> {
+    match variant {
+        "candle" => Some(CANDLE),
+        "fused" => Some(FUSED),
+        _ => None,
+    }
+}
+
+type Result<T> = advtrain::Result<T>;
+
+struct Mlp {
+    layers: Vec<Linear>,
+    x: Tensor,
+    y: Tensor,
+}
+
+impl Mlp {
+    fn new(vb: &VarBuilder, rng: &mut Rng) -> Result<Self> {
+        let widths = [512, 512, 512, 10];
+        let layers = (0..3)
+            .map(|i| linear(widths[i], widths[i + 1], vb.pp(format!("mlp{i}"))))
+            .collect::<candle_core::Result<_>>()?;
+        let x = rng.normal((256, 512), DType::F32, &Device::Cpu)?;
+        let y = labels(256, rng)?;
+        Ok(Self { layers, x, y })
+    }
+
+    fn loss(&self, ops: Ops, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i + 1 < self.layers.len() {
+                h = (ops.gelu)(&h)?;
+            }
+        }
+        (ops.cross_entropy)(&h, &self.y)
+    }
+}
+
+struct Block {
+    norm1: (Tensor, Tensor),
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    norm2: (Tensor, Tensor),
+    up: Linear,
+    down: Linear,
+}
+
+struct Embedding {
+    matrix: Tensor,
+    blocks: Vec<Block>,
+    norm: (Tensor, Tensor),
+    classifier: Linear,
+    ids: Tensor,
+    mask: Tensor,
+    y: Tensor,
+}
+
+const WIDTH: usize = 128;
+
+fn norm_params(vb: &VarBuilder) -> Result<(Tensor, Tensor)> {
+    let w = vb.get_with_hints(WIDTH, "weight", candle_nn::Init::Const(1.0))?;
+    let b = vb.get_with_hints(WIDTH, "bias", candle_nn::Init::Const(0.0))?;
+    Ok((w, b))
+}
+
+impl Embedding {
+    fn new(vb: &VarBuilder, rng: &mut Rng) -> Result<Self> {
+        let (batch, tokens, vocab) = (32, 32, 5000);
+        let matrix = vb.get_with_hints(
+            (vocab, WIDTH),
+            "embedding",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        )?;
+        let blocks = (0..2)
+            .map(|i| {
+                let vb = vb.pp(format!("block{i}"));
+                Ok(Block {
+                    norm1: norm_params(&vb.pp("norm1"))?,
+                    query: linear(WIDTH, WIDTH, vb.pp("query"))?,
+                    key: linear(WIDTH, WIDTH, vb.pp("key"))?,
+                    value: linear(WIDTH, WIDTH, vb.pp("value"))?,
+                    out: linear(WIDTH, WIDTH, vb.pp("out"))?,
+                    norm2: norm_params(&vb.pp("norm2"))?,
+                    up: linear(WIDTH, 4 * WIDTH, vb.pp("up"))?,
+                    down: linear(4 * WIDTH, WIDTH, vb.pp("down"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut ids = vec![0u32; batch * tokens];
+        let mut mask = vec![0f32; batch * tokens];
+        for row in 0..batch {
+            let length = 1 + (rng.uniform_f64(0.0, tokens as f64) as usize).min(tokens - 1);
+            for t in 0..length {
+                ids[row * tokens + t] = 1 + rng.uniform_f64(0.0, (vocab - 1) as f64) as u32;
+                mask[row * tokens + t] = 1.0;
+            }
+        }
+        Ok(Self {
+            matrix,
+            blocks,
+            norm: norm_params(&vb.pp("norm"))?,
+            classifier: linear(WIDTH, 10, vb.pp("classifier"))?,
+            ids: Tensor::from_vec(ids, (batch, tokens), &Device::Cpu)?,
+            mask: Tensor::from_vec(mask, (batch, tokens), &Device::Cpu)?,
+            y: labels(batch, rng)?,
+        })
+    }
+
+    fn embed(&self) -> Result<Tensor> {
+        let (b, n) = self.ids.dims2()?;
+        Ok(self
+            .matrix
+            .index_select(&self.ids.flatten_all()?, 0)?
+            .reshape((b, n, WIDTH))?)
+    }
+
+    fn loss(&self, ops: Ops, e: &Tensor) -> Result<Tensor> {
+        let norm =
+            |x: &Tensor, (w, b): &(Tensor, Tensor)| (ops.layer_norm)(x, Some(w), Some(b), 1e-5);
+        let key_bias = ((self.mask.unsqueeze(1)? - 1.0)? * 1e4)?;
+        let mut h = e.clone();
+        for block in &self.blocks {
+            let x = norm(&h, &block.norm1)?;
+            let scores = (block
+                .query
+                .forward(&x)?
+                .matmul(&block.key.forward(&x)?.t()?)?
+                * (1.0 / (WIDTH as f64).sqrt()))?;
+            let attention = (ops.softmax)(&scores.broadcast_add(&key_bias)?)?;
+            h = (h + block
+                .out
+                .forward(&attention.matmul(&block.value.forward(&x)?)?)?)?;
+            let x = norm(&h, &block.norm2)?;
+            h = (&h + block.down.forward(&(ops.gelu)(&block.up.forward(&x)?)?)?)?;
+        }
+        let h = norm(&h, &self.norm)?;
+        let m = self.mask.unsqueeze(2)?;
+        let pooled = h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
+        (ops.cross_entropy)(&self.classifier.forward(&pooled)?, &self.y)
+    }
+}
+
+fn labels(batch: usize, rng: &mut Rng) -> Result<Tensor> {
+    let y: Vec<u32> = (0..batch)
+        .map(|_| (rng.uniform_f64(0.0, 10.0) as u32).min(9))
+        .collect();
+    Ok(Tensor::from_vec(y, batch, &Device::Cpu)?)
+}
+
+/// One step of `method` at `target` with `loss`; returns the loss value.
+fn step(
+    method: &str,
+    target: &Target,
+    loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    rng: &mut Rng,
+) -> Result<f32> {
+    let step = match method {
+        "plain" => {
+            let value = target.loss(loss)?;
+            std::hint::black_box(value.backward()?);
+            return Ok(value.to_scalar::<f32>()?);
+        }
+        "fgm" => Fgm::new(0.5)?.step(target, loss)?,
+        "gradient_penalty" => GradientPenalty::new(0.5)?.step(target, loss)?,
+        "hutchinson_1" => Laplacian::new(0.1)?.step(target, loss, rng)?,
+        other => {
+            return Err(advtrain::Error::InvalidArgument {
+                name: "method",
+                reason: format!("unknown method {other}"),
+                fix: "plain, fgm, gradient_penalty or hutchinson_1".into(),
+            });
+        }
+    };
+    std::hint::black_box(&step.grads);
+    Ok(step.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+struct Bench {
+    mlp: Mlp,
+    embedding: Embedding,
+    rng: Rng,
+    _params: SeededVarMap,
+}
+
+impl Bench {
+    fn new() -> Result<Self> {
+        let params = SeededVarMap::new(1);
+        let vb = params.var_builder(DType::F32, &Device::Cpu);
+        let mut rng = Rng::new(2);
+        Ok(Self {
+            mlp: Mlp::new(&vb, &mut rng)?,
+            embedding: Embedding::new(&vb, &mut rng)?,
+            rng,
+            _params: params,
+        })
+    }
+
+    fn run(&mut self, model: &str, variant: &str, method: &str) -> Result<f32> {
+        let ops = ops(variant).ok_or_else(|| advtrain::Error::InvalidArgument {
+            name: "variant",
+            reason: format!("unknown variant {variant}"),
+            fix: "candle or fused".into(),
+        })?;
+        match model {
+            "mlp" => {
+                let mlp = &self.mlp;
+                let loss = |x: &Tensor| mlp.loss(ops, x).map_err(candle_core::Error::from);
+                step(method, &Target::input(&mlp.x)?, &loss, &mut self.rng)
+            }
+            "embedding" => {
+                let model = &self.embedding;
+                let loss = |e: &Tensor| model.loss(ops, e).map_err(candle_core::Error::from);
+                let e = model.embed()?;
+                let target = Target::embedding_output(&e, Some(&model.mask))?;
+                step(method, &target, &loss, &mut self.rng)
+            }
+            other => Err(advtrain::Error::InvalidArgument {
+                name: "model",
+                reason: format!("unknown model {other}"),
+                fix: "mlp or embedding".into(),
+            }),
+        }
+    }
+
+    /// Milliseconds for `steps` steps.
+    fn time(&mut self, model: &str, variant: &str, method: &str, steps: usize) -> Result<f64> {
+        let started = Instant::now();
+        for _ in 0..steps {
+            self.run(model, variant, method)?;
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+/// Answers `model variant method steps` lines with `ok <ms>` (or `error <message>`) until `quit`.
+fn worker(bench: &mut Bench) -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["quit"] => break,
+            ["loss", model, variant, method] => bench
+                .run(model, variant, method)
+                .map(|loss| format!("ok {loss}")),
+            [model, variant, method, steps] => match steps.parse::<usize>() {
+                Ok(steps) => bench
+                    .time(model, variant, method, steps)
+                    .map(|ms| format!("ok {ms}")),
+                Err(_) => Ok(format!("error steps must be a count, got {steps}")),
+            },
+            _ => Ok(format!(
+                "error expected `model variant method steps`, got `{line}`"
+            )),
+        };
+        let answer =
+            answer.unwrap_or_else(|e| format!("error {}", e.to_string().replace('\n', " ")));
+        writeln!(stdout, "{answer}")?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// advtrain alone: candle vs fused for every model and method, medians of interleaved rounds.
+fn table(bench: &mut Bench, rounds: usize) -> Result<()> {
+    let methods = ["plain", "fgm", "gradient_penalty", "hutchinson_1"];
+    println!("advtrain alone, f32, medians of {rounds} interleaved rounds (ms per step)");
+    println!("| model | method | candle ops | fused ops | fused / candle | fused / fused plain |");
+    println!("|---|---|---|---|---|---|");
+    for model in ["mlp", "embedding"] {
+        let mut times = vec![[Vec::new(), Vec::new()]; methods.len()];
+        for method in methods {
+            bench.time(model, "candle", method, 1)?;
+            bench.time(model, "fused", method, 1)?;
+        }
+        for _ in 0..rounds {
+            for (i, method) in methods.iter().enumerate() {
+                times[i][0].push(bench.time(model, "candle", method, 1)?);
+                times[i][1].push(bench.time(model, "fused", method, 1)?);
+            }
+        }
+        let medians: Vec<(f64, f64)> = times
+            .into_iter()
+            .map(|[c, f]| (median(c), median(f)))
+            .collect();
+        for (i, method) in methods.iter().enumerate() {
+            let (c, f) = medians[i];
+            println!(
+                "| {model} | {method} | {c:.2} | {f:.2} | {:.2} | {:.2}x |",
+                f / c,
+                f / medians[0].1
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    advtrain::second_order::require("the side-by-side benchmark (gradient penalty, Hutchinson)")?;
+    let mut bench = Bench::new()?;
+    if std::env::args().any(|a| a == "--worker") {
+        Ok(worker(&mut bench)?)
+    } else {
+        Ok(table(&mut bench, 15)?)
+    }
+}

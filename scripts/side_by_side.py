@@ -1,0 +1,128 @@
+"""Drives the side-by-side benchmark: advtrain (benches/side_by_side.rs --worker) and JAX
+(scripts/side_by_side_jax.py) as two long-lived processes pinned to the same cores, asked in turn for
+the same steps, round after round, so that both see the same machine. Prints, per thread count, the
+median milliseconds per step, the ratio advtrain / JAX, each method's cost in plain steps, and the
+goals of issue 7. Standard library only; run by scripts/side-by-side.sh.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+MODELS = ["mlp", "embedding"]
+METHODS = ["plain", "fgm", "gradient_penalty", "hutchinson_1"]
+# Goals, as ratios: the plain step to JAX's (MLP, one thread), then each method to its plain step.
+PLAIN_GOAL = 1.5
+METHOD_GOALS = {"fgm": 2.05, "gradient_penalty": 2.2, "hutchinson_1": 3.0}
+
+
+class Worker:
+    def __init__(self, name, command, threads):
+        env = dict(os.environ)
+        env["CANDLE_GRAD_DO_NOT_DETACH"] = "1"
+        env["RAYON_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+        if threads == 1:
+            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        if shutil.which("taskset"):
+            command = ["taskset", "-c", ",".join(str(c) for c in range(threads))] + command
+        self.name = name
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+        )
+
+    def ask(self, request):
+        self.process.stdin.write(request + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if not answer.startswith("ok "):
+            sys.exit(f"{self.name} answered `{answer or 'nothing (it exited)'}` to `{request}`")
+        return float(answer[3:])
+
+    def close(self):
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def measure(rust, jax, threads, rounds, steps):
+    """Median ms per step for (model, method, side), side in jax / candle / fused."""
+    workers = {
+        "jax": Worker("JAX", jax, threads),
+        "advtrain": Worker("advtrain", rust, threads),
+    }
+    sides = [("jax", "jax", "-"), ("candle", "advtrain", "candle"), ("fused", "advtrain", "fused")]
+    cells = [(m, k) for m in MODELS for k in METHODS]
+    times = {(m, k, s): [] for m, k in cells for s, _, _ in sides}
+    for model, method in cells:  # warm-up: JAX compiles, both allocate
+        for _, worker, variant in sides:
+            workers[worker].ask(f"{model} {variant} {method} 2")
+    for r in range(rounds):
+        for i in range(len(cells)):
+            model, method = cells[(i + r) % len(cells)]
+            for j in range(len(sides)):
+                side, worker, variant = sides[(j + r) % len(sides)]
+                ms = workers[worker].ask(f"{model} {variant} {method} {steps}")
+                times[(model, method, side)].append(ms / steps)
+        print(f"  {threads} thread(s): round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+    for worker in workers.values():
+        worker.close()
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def report(medians, threads, rounds, steps):
+    lines = [
+        f"### {threads} thread(s): median ms per step over {rounds} rounds of {steps} steps",
+        "",
+        "| model | method | JAX | advtrain, candle ops | advtrain, fused ops | fused / JAX "
+        "| JAX: x plain | advtrain fused: x plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        for method in METHODS:
+            jax, candle, fused = (medians[(model, method, s)] for s in ("jax", "candle", "fused"))
+            jax_plain = medians[(model, "plain", "jax")]
+            fused_plain = medians[(model, "plain", "fused")]
+            lines.append(
+                f"| {model} | {method} | {jax:.2f} | {candle:.2f} | {fused:.2f} | "
+                f"{fused / jax:.2f} | {jax / jax_plain:.2f}x | {fused / fused_plain:.2f}x |"
+            )
+    if threads == 1:
+        lines += ["", "Goals (MLP, one thread):", ""]
+        plain = medians[("mlp", "plain", "fused")] / medians[("mlp", "plain", "jax")]
+        met = "met" if plain <= PLAIN_GOAL else "not met"
+        lines.append(f"- plain step {plain:.2f}x JAX's (goal <= {PLAIN_GOAL}x): {met}")
+        for method, goal in METHOD_GOALS.items():
+            ratio = medians[("mlp", method, "fused")] / medians[("mlp", "plain", "fused")]
+            met = "met" if ratio <= goal else "not met"
+            lines.append(f"- {method} {ratio:.2f}x plain (goal <= {goal}x): {met}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rust", required=True, help="the side_by_side bench executable")
+    parser.add_argument("--python", required=True, help="the Python with JAX installed")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed request")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--out", help="also write the tables to this markdown file")
+    args = parser.parse_args()
+    here = os.path.dirname(os.path.abspath(__file__))
+    rust = [args.rust, "--worker"]
+    jax = [args.python, os.path.join(here, "side_by_side_jax.py")]
+    sections = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        medians = measure(rust, jax, threads, args.rounds, args.steps)
+        sections.append(report(medians, threads, args.rounds, args.steps))
+        print(sections[-1] + "\n", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n\n".join(sections) + "\n")
+
+
+if __name__ == "__main__":
+    main()
