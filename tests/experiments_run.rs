@@ -228,6 +228,41 @@ fn checkpoints_of_another_configuration_are_not_resumed() {
     assert_ne!(first[0].train_loss, second[0].train_loss);
 }
 
+#[test]
+fn a_method_without_a_radius_keeps_its_checkpoint_when_eps_changes() {
+    let bar = indicatif::ProgressBar::hidden();
+    let options = Options {
+        methods: vec![Method::Baseline],
+        ..options("radius", 1)
+    };
+    let prepared = prepare(&options).unwrap();
+    let baseline = |eps| Run {
+        method: Method::Baseline,
+        eps,
+        seed: 1,
+    };
+    let first = run_one(&options, &prepared, baseline(0.1), &bar).unwrap();
+    let checkpoint =
+        advtrain::experiments::run::run_dir(&options, &baseline(0.1)).join("epoch-1.safetensors");
+    let written = std::fs::metadata(&checkpoint).unwrap().modified().unwrap();
+    let again = run_one(&options, &prepared, baseline(0.2), &bar).unwrap();
+    assert_eq!(
+        std::fs::metadata(&checkpoint).unwrap().modified().unwrap(),
+        written,
+        "the baseline was trained again for another eps"
+    );
+    assert_eq!(first[0].train_loss, again[0].train_loss);
+    // A method with a radius does train again (in its own folder) for another eps.
+    let fgm_at = |eps| Run {
+        method: Method::Fgm,
+        eps,
+        seed: 1,
+    };
+    let a = run_one(&options, &prepared, fgm_at(0.1), &bar).unwrap();
+    let b = run_one(&options, &prepared, fgm_at(1.0), &bar).unwrap();
+    assert_ne!(a[0].train_loss, b[0].train_loss);
+}
+
 /// The acceptance test as a user meets it: the binary is killed in the middle of an epoch, started
 /// again with the same command, and its final table equals an uninterrupted run's (wall time aside).
 #[test]

@@ -628,8 +628,14 @@ pub fn run_one(
     let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;
     let dir = run_dir(options, &run);
     // Checkpoints of another configuration (other data, subset or hyper-parameters) are not resumed.
+    // A method without a radius ignores eps, so eps is left out of its fingerprint: changing the
+    // radius of a sweep keeps the baseline's checkpoints.
+    let fingerprint_hyper = Hyper {
+        eps: if method.uses_eps() { hyper.eps } else { 0.0 },
+        ..hyper
+    };
     let fingerprint = format!(
-        "{} quick={} train={} {hyper:?}\n",
+        "{} quick={} train={} {fingerprint_hyper:?}\n",
         options.experiment.name(),
         options.quick,
         task.train_len()
