@@ -14,15 +14,16 @@ import sys
 
 MODELS = ["mlp", "embedding"]
 METHODS = ["plain", "fgm", "gradient_penalty", "hutchinson_1"]
+FIRST_ORDER = ["plain", "fgm"]
 # Goals, as ratios: the plain step to JAX's (MLP, one thread), then each method to its plain step.
 PLAIN_GOAL = 1.5
 METHOD_GOALS = {"fgm": 2.05, "gradient_penalty": 2.2, "hutchinson_1": 3.0}
 
 
 class Worker:
-    def __init__(self, name, command, threads):
+    def __init__(self, name, command, threads, second_order=True):
         env = dict(os.environ)
-        env["CANDLE_GRAD_DO_NOT_DETACH"] = "1"
+        env["CANDLE_GRAD_DO_NOT_DETACH"] = "1" if second_order else "0"
         env["RAYON_NUM_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = str(threads)
         if threads == 1:
@@ -53,20 +54,33 @@ def measure(rust, jax, threads, rounds, steps):
     workers = {
         "jax": Worker("JAX", jax, threads),
         "advtrain": Worker("advtrain", rust, threads),
+        # The same binary with second order off: what the switch costs plain steps and FGM.
+        "first-order": Worker("advtrain (second order off)", rust, threads, second_order=False),
     }
-    sides = [("jax", "jax", "-"), ("candle", "advtrain", "candle"), ("fused", "advtrain", "fused")]
+    sides = [
+        ("jax", "jax", "-"),
+        ("candle", "advtrain", "candle"),
+        ("fused", "advtrain", "fused"),
+        ("first-order", "first-order", "fused"),
+    ]
     cells = [(m, k) for m in MODELS for k in METHODS]
-    times = {(m, k, s): [] for m, k in cells for s, _, _ in sides}
+
+    def applies(side, method):
+        return side != "first-order" or method in FIRST_ORDER
+
+    times = {(m, k, s): [] for m, k in cells for s, _, _ in sides if applies(s, k)}
     for model, method in cells:  # warm-up: JAX compiles, both allocate
-        for _, worker, variant in sides:
-            workers[worker].ask(f"{model} {variant} {method} 2")
+        for side, worker, variant in sides:
+            if applies(side, method):
+                workers[worker].ask(f"{model} {variant} {method} 2")
     for r in range(rounds):
         for i in range(len(cells)):
             model, method = cells[(i + r) % len(cells)]
             for j in range(len(sides)):
                 side, worker, variant = sides[(j + r) % len(sides)]
-                ms = workers[worker].ask(f"{model} {variant} {method} {steps}")
-                times[(model, method, side)].append(ms / steps)
+                if applies(side, method):
+                    ms = workers[worker].ask(f"{model} {variant} {method} {steps}")
+                    times[(model, method, side)].append(ms / steps)
         print(f"  {threads} thread(s): round {r + 1}/{rounds}", file=sys.stderr, flush=True)
     for worker in workers.values():
         worker.close()
@@ -77,17 +91,19 @@ def report(medians, threads, rounds, steps):
     lines = [
         f"### {threads} thread(s): median ms per step over {rounds} rounds of {steps} steps",
         "",
-        "| model | method | JAX | advtrain, candle ops | advtrain, fused ops | fused / JAX "
-        "| JAX: x plain | advtrain fused: x plain |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | method | JAX | advtrain, candle ops | advtrain, fused ops | fused, second order "
+        "off | fused / JAX | JAX: x plain | advtrain fused: x plain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         for method in METHODS:
             jax, candle, fused = (medians[(model, method, s)] for s in ("jax", "candle", "fused"))
             jax_plain = medians[(model, "plain", "jax")]
             fused_plain = medians[(model, "plain", "fused")]
+            first = medians.get((model, method, "first-order"))
+            first = "-" if first is None else f"{first:.2f}"
             lines.append(
-                f"| {model} | {method} | {jax:.2f} | {candle:.2f} | {fused:.2f} | "
+                f"| {model} | {method} | {jax:.2f} | {candle:.2f} | {fused:.2f} | {first} | "
                 f"{fused / jax:.2f} | {jax / jax_plain:.2f}x | {fused / fused_plain:.2f}x |"
             )
     if threads == 1:
@@ -99,6 +115,8 @@ def report(medians, threads, rounds, steps):
             ratio = medians[("mlp", method, "fused")] / medians[("mlp", "plain", "fused")]
             met = "met" if ratio <= goal else "not met"
             lines.append(f"- {method} {ratio:.2f}x plain (goal <= {goal}x): {met}")
+        first = medians[("mlp", "fgm", "first-order")] / medians[("mlp", "plain", "first-order")]
+        lines.append(f"- fgm with second order off: {first:.2f}x its plain step")
     return "\n".join(lines)
 
 
