@@ -250,3 +250,29 @@ fn bad_input_is_an_error_naming_the_argument() {
         .to_string();
     assert!(message.contains("eps"), "{message}");
 }
+
+#[test]
+fn the_f32_erf_and_exp_are_accurate_over_their_range() {
+    // erf: absolute error over [-6, 6] (outside [-4, 4] it is +-1 to f32 precision).
+    let mut worst_erf: f64 = 0.0;
+    for i in 0..=120_000 {
+        let x = -6.0 + i as f64 * 1e-4;
+        let exact = candle_core::cpu::erf::erf_f64(x);
+        worst_erf = worst_erf.max((fused::erf_f32(x as f32) as f64 - exact).abs());
+    }
+    // exp: relative error over the whole normal range, to the exp of the f32 input.
+    let mut worst_exp: f64 = 0.0;
+    for i in 0..=200_000 {
+        let x = (-87.0 + i as f64 * 175.0 / 200_000.0) as f32;
+        let exact = (x as f64).exp();
+        worst_exp = worst_exp.max(((fused::exp_f32(x) as f64 - exact) / exact).abs());
+    }
+    println!("f32 erf max abs error {worst_erf:.1e}, exp max rel error {worst_exp:.1e}");
+    assert!(worst_erf < 5e-7, "{worst_erf:e}");
+    assert!(worst_exp < 2e-7, "{worst_exp:e}");
+    // Far outside the range: saturated, never NaN or infinite.
+    assert!((fused::erf_f32(-50.0) + 1.0).abs() < 5e-7);
+    assert!((fused::erf_f32(f32::INFINITY) - 1.0).abs() < 5e-7);
+    assert!(fused::exp_f32(-1000.0) >= 0.0 && fused::exp_f32(-1000.0) < 1e-37);
+    assert!(fused::exp_f32(1000.0).is_finite());
+}

@@ -35,7 +35,7 @@ const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const CUBIC: f64 = 0.044_715;
 
 fn phi<T: Real>(x: T) -> T {
-    T::constant(FRAC_1_SQRT_2PI) * (T::constant(-0.5) * x * x).exp()
+    T::constant(FRAC_1_SQRT_2PI) * (T::constant(-0.5) * x * x).exp_fast()
 }
 
 fn big_phi<T: Real>(x: T) -> T {

@@ -21,5 +21,6 @@ mod layer_norm;
 mod softmax;
 
 pub use gelu::{gelu_erf, gelu_erf_composite, gelu_tanh, gelu_tanh_composite};
+pub use kernel::{erf_f32, exp_f32};
 pub use layer_norm::layer_norm;
 pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};

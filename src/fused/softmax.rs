@@ -25,7 +25,7 @@ fn softmax<T: Real>(z: &[T], n: usize) -> Vec<T> {
         let m = max(z);
         let mut sum = T::zero();
         for (p, &z) in p.iter_mut().zip(z) {
-            *p = (z - m).exp();
+            *p = (z - m).exp_fast();
             sum = sum + *p;
         }
         let inv = sum.recip();
@@ -45,7 +45,10 @@ fn softmax_grad<T: Real>(p: &[T], g: &[T], n: usize) -> Vec<T> {
 /// `max + log sum exp(z - max)` of one row.
 fn logsumexp<T: Real>(z: &[T]) -> T {
     let m = max(z);
-    m + z.iter().fold(T::zero(), |a, &v| a + (v - m).exp()).ln()
+    m + z
+        .iter()
+        .fold(T::zero(), |a, &v| a + (v - m).exp_fast())
+        .ln()
 }
 
 fn log_softmax<T: Real>(z: &[T], n: usize) -> Vec<T> {
@@ -61,7 +64,7 @@ fn log_softmax_grad<T: Real>(log_p: &[T], g: &[T], n: usize) -> Vec<T> {
     rows2(log_p, g, n, |log_p, g, out| {
         let sum_g = g.iter().fold(T::zero(), |a, &g| a + g);
         for ((out, &lp), &g) in out.iter_mut().zip(log_p).zip(g) {
-            *out = g - lp.exp() * sum_g;
+            *out = g - lp.exp_fast() * sum_g;
         }
     })
 }
