@@ -77,8 +77,8 @@ mod book {
     mod experiments {}
     #[doc = include_str!("../book/src/gpu.md")]
     mod gpu {}
-    #[doc = include_str!("../book/src/speed.md")]
-    mod speed {}
+    #[doc = include_str!("../book/src/fused.md")]
+    mod fused {}
 }
 
 pub mod ball;

@@ -24,7 +24,7 @@
 //! Hutchinson (double backward) run fused code for the second derivative too, and a third-order pass
 //! still works. candle's own `gelu_erf` backward is a chain of eleven tensor operations and uses
 //! 0.398942 for `1 / sqrt(2 pi)` (0.3989422804...), a relative error of 1.5e-7; the fused ops use
-//! the exact constant (`tests/fused.rs`). Book: "Speed".
+//! the exact constant (`tests/fused.rs`). Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, map};
 use crate::Result;

@@ -11,7 +11,7 @@
 //!
 //! built from `NormalizeGrad` and candle's primitives, so every order is differentiable (gradient
 //! penalty through a transformer, Hutchinson). Scale and shift are applied with candle's broadcast
-//! ops. candle's own fused `layer_norm` has no backward at all. Book: "Speed".
+//! ops. candle's own fused `layer_norm` has no backward at all. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
 use crate::Result;

@@ -13,7 +13,7 @@
 //! gradient penalty and Hutchinson (double backward) keep working and run fused code on both passes.
 //! `tests/fused.rs` checks each against its composite form: values, first derivatives and
 //! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
-//! device each function falls back to the composite form. Book: "Speed".
+//! device each function falls back to the composite form. Book: "Fused operations and speed".
 
 mod gelu;
 mod kernel;

@@ -10,7 +10,7 @@
 //! | cross-entropy | `logsumexp z - z_y` per row | `g (p - onehot y)` | through softmax |
 //!
 //! candle's fused `softmax_last_dim` has no backward; its composite `softmax` and `cross_entropy`
-//! are chains of several passes. Book: "Speed".
+//! are chains of several passes. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
 use crate::{Error, Result};
