@@ -124,7 +124,7 @@ pub use rng::Rng;
 pub use smart::{BregmanProximal, Smart, SmartDivergence};
 pub use spectral_norm::{SpectralNorm, SpectralNormLinear};
 pub use step::{Accumulator, Passes, Step};
-pub use target::{Target, TargetKind};
+pub use target::{RowLookup, Target, TargetKind};
 pub use target_shift::{Divergence, TargetShift};
 pub use vat::Vat;
 pub use yopo::Yopo;

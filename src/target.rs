@@ -10,6 +10,10 @@
 //!   rest of the model; the embedding matrix keeps its gradient through the point.
 //! * [`Target::embedding_matrix`] (or any [`Target::weight`]): the cheap shared form, one perturbation
 //!   of the matrix for every occurrence of a token. The closure does the lookup itself.
+//! * [`Target::embedding_rows`]: the same step as the embedding matrix's without a copy of the matrix
+//!   per perturbed pass: the point is the rows the batch looks up (each once), and the closure looks
+//!   the ids up in them with [`RowLookup::embed`]. The matrix gradient is zero outside those rows, so
+//!   every norm, direction and penalty is the matrix target's.
 //!
 //! The gradient with respect to the point comes from a zero-valued `Var` added to it (or from the
 //! weight's own gradient, when the point is a `Var`). Book chapter: "Min-max".
@@ -49,6 +53,24 @@ pub struct Target {
     kind: TargetKind,
     /// Set when the point is itself a variable: its gradient is the point's gradient.
     var: Option<Var>,
+}
+
+/// Where each token of a batch sits among the rows of a [`Target::embedding_rows`] target.
+#[derive(Clone, Debug)]
+pub struct RowLookup {
+    /// For each token (flattened), its row in the target's point.
+    positions: Tensor,
+    /// The ids' shape.
+    shape: Vec<usize>,
+}
+
+impl RowLookup {
+    /// The embedding output `(ids..., d)` from the (perturbed) rows `(rows, d)`.
+    pub fn embed(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let mut shape = self.shape.clone();
+        shape.push(rows.dim(1)?);
+        rows.index_select(&self.positions, 0)?.reshape(shape)
+    }
 }
 
 /// The loss at the unperturbed point and its gradient with respect to the point.
@@ -172,6 +194,64 @@ impl Target {
             kind: TargetKind::Weight,
             var: Some(weight.clone()),
         })
+    }
+
+    /// The rows of `matrix` `(vocab, d)` that the token `ids` (any shape, integer) look up, each row
+    /// once, as a shared perturbation target; and the [`RowLookup`] that turns (perturbed) rows into
+    /// the embedding output `(ids..., d)`. Deterministic steps (FGM, gradient penalty, PGD from zero)
+    /// equal those on [`Target::embedding_matrix`] without forming `matrix + delta`, a copy of the
+    /// whole matrix, for every perturbed pass; random starts and noise are drawn on the looked-up rows
+    /// only. The matrix keeps its gradient through the lookup.
+    pub fn embedding_rows(matrix: &Var, ids: &Tensor) -> Result<(Self, RowLookup)> {
+        check_float("matrix", matrix.as_tensor())?;
+        let (vocab, _) = matrix.dims2().map_err(|_| Error::ShapeMismatch {
+            name: "matrix",
+            expected: "(vocab, d)".into(),
+            got: matrix.dims().to_vec(),
+        })?;
+        if !matches!(ids.dtype(), DType::U32 | DType::U8 | DType::I64) {
+            return Err(Error::InvalidArgument {
+                name: "ids",
+                reason: format!("dtype {:?}", ids.dtype()),
+                fix: "pass token ids as u32, u8 or i64".into(),
+            });
+        }
+        if ids.elem_count() == 0 {
+            return Err(Error::EmptyBatch {
+                name: "ids",
+                detail: format!("has shape {:?}", ids.dims()),
+            });
+        }
+        let flat: Vec<i64> = ids.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
+        if let Some(bad) = flat.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+            return Err(Error::InvalidArgument {
+                name: "ids",
+                reason: format!("token id {bad} is outside the matrix's {vocab} rows"),
+                fix: "pass ids in 0..vocab, from the tokenizer that goes with this matrix".into(),
+            });
+        }
+        let mut unique: Vec<u32> = flat.iter().map(|&id| id as u32).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let positions: Vec<u32> = flat
+            .iter()
+            .map(|&id| unique.binary_search(&(id as u32)).expect("id is in unique") as u32)
+            .collect();
+        let device = matrix.device();
+        let rows = unique.len();
+        let unique = Tensor::from_vec(unique, rows, device)?;
+        let point = matrix.as_tensor().index_select(&unique, 0)?;
+        let lookup = RowLookup {
+            positions: Tensor::from_vec(positions, flat.len(), device)?,
+            shape: ids.dims().to_vec(),
+        };
+        let target = Self {
+            point,
+            mask: None,
+            kind: TargetKind::Weight,
+            var: None,
+        };
+        Ok((target, lookup))
     }
 
     /// The unperturbed point.

@@ -228,3 +228,93 @@ fn kinds_and_masks_are_reported() {
     assert!(!m.has_examples());
     assert_eq!(m.kind().to_string(), "weight (embedding matrix)");
 }
+
+/// Every weight's gradient and the loss of `a` and `b` agree to `tolerance` (relative).
+fn steps_agree(a: &advtrain::Step, b: &advtrain::Step, vars: &[Var], tolerance: f64, what: &str) {
+    let loss = |s: &advtrain::Step| s.loss.to_scalar::<f64>().unwrap();
+    assert!(
+        (loss(a) - loss(b)).abs() <= tolerance * loss(a).abs(),
+        "{what}: loss {} vs {}",
+        loss(a),
+        loss(b)
+    );
+    for var in vars {
+        let (ga, gb) = (
+            a.grads.get(var.as_tensor()).unwrap(),
+            b.grads.get(var.as_tensor()).unwrap(),
+        );
+        let e = advtrain::verify::relative_error(ga, gb).unwrap();
+        assert!(
+            e <= tolerance,
+            "{what}: a weight's gradient differs by {e:e}"
+        );
+    }
+}
+
+#[test]
+fn embedding_rows_give_the_matrix_targets_steps_without_copying_the_matrix() {
+    use advtrain::{Fgm, GradientPenalty, Pgd, Scope, StepNorm};
+    let (model, batch) = embedding_model();
+    let matrix = Target::embedding_matrix(model.embedding_matrix()).unwrap();
+    let whole = |w: &Tensor| {
+        model.loss_from_embeddings(
+            &model.embed_with(w, &batch.ids)?,
+            &batch.mask,
+            &batch.labels,
+        )
+    };
+    let (rows, lookup) = Target::embedding_rows(model.embedding_matrix(), &batch.ids).unwrap();
+    let looked_up =
+        |r: &Tensor| model.loss_from_embeddings(&lookup.embed(r)?, &batch.mask, &batch.labels);
+    // The point holds each looked-up row once: fewer rows than the vocabulary.
+    let vocab = model.embedding_matrix().dim(0).unwrap();
+    let distinct = rows.point().dim(0).unwrap();
+    assert!(distinct < vocab, "{distinct} rows of {vocab}");
+    assert_eq!(rows.kind(), TargetKind::Weight);
+    // Unperturbed, the lookup is the model's own embedding output.
+    let e = model.embed(&batch.ids).unwrap();
+    let same = advtrain::verify::relative_error(&lookup.embed(rows.point()).unwrap(), &e).unwrap();
+    assert_eq!(same, 0.0);
+    let vars = model.vars();
+    for norm in [StepNorm::Raw, StepNorm::L2(Scope::PerBatch), StepNorm::Sign] {
+        let fgm = Fgm::new(0.3).unwrap().with_norm(norm);
+        let a = fgm.step(&matrix, &whole).unwrap();
+        let b = fgm.step(&rows, &looked_up).unwrap();
+        steps_agree(&a, &b, &vars, 1e-12, &format!("FGM {norm:?}"));
+        let gp = GradientPenalty::new(0.3).unwrap().with_norm(norm);
+        let a = gp.step(&matrix, &whole).unwrap();
+        let b = gp.step(&rows, &looked_up).unwrap();
+        steps_agree(&a, &b, &vars, 1e-12, &format!("gradient penalty {norm:?}"));
+    }
+    let pgd = Pgd::new(0.3, 0.1, 3).unwrap();
+    let a = pgd.step(&matrix, &whole, &mut Rng::new(5)).unwrap();
+    let b = pgd.step(&rows, &looked_up, &mut Rng::new(5)).unwrap();
+    steps_agree(&a, &b, &vars, 1e-12, "PGD-3 from zero");
+}
+
+#[test]
+fn embedding_rows_reject_bad_ids() {
+    let (model, batch) = embedding_model();
+    let matrix = model.embedding_matrix();
+    let too_large = Tensor::new(&[[1u32, 30]], &Device::Cpu).unwrap();
+    let message = Target::embedding_rows(matrix, &too_large)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("ids") && message.contains("30"),
+        "{message}"
+    );
+    let floats = batch.mask.clone();
+    let message = Target::embedding_rows(matrix, &floats)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("ids") && message.contains("u32"),
+        "{message}"
+    );
+    let empty = Tensor::zeros((0, 3), DType::U32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        Target::embedding_rows(matrix, &empty),
+        Err(Error::EmptyBatch { .. })
+    ));
+}
