@@ -20,14 +20,21 @@ pub fn layer_norm(
     crate::error::check_positive("eps", eps)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let mut y = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
-    if let Some(w) = weight {
-        y = y.broadcast_mul(w)?;
-    }
-    if let Some(b) = bias {
-        y = y.broadcast_add(b)?;
-    }
-    Ok(y)
+    let y = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
+    affine(y, weight, bias)
+}
+
+/// `y * weight + bias` (each optional, broadcast over the last dimension): layer norm's scale and
+/// shift, shared by this composite form and [`crate::fused::layer_norm`].
+pub(crate) fn affine(y: Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = match weight {
+        Some(w) => y.broadcast_mul(w)?,
+        None => y,
+    };
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
 }
 
 /// A layer-norm module with learnable scale and shift that differentiates to any order.

@@ -136,12 +136,6 @@ pub fn layer_norm(
     if !x.device().is_cpu() {
         return crate::ops::layer_norm(x, weight, bias, eps);
     }
-    let mut y = x.contiguous()?.apply_op1(Normalize { eps })?;
-    if let Some(w) = weight {
-        y = y.broadcast_mul(w)?;
-    }
-    if let Some(b) = bias {
-        y = y.broadcast_add(b)?;
-    }
-    Ok(y)
+    let y = x.contiguous()?.apply_op1(Normalize { eps })?;
+    crate::ops::affine(y, weight, bias)
 }
