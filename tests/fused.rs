@@ -21,6 +21,14 @@ fn labels() -> Tensor {
     Tensor::new(&[3u32, 0, 6, 6, 1], &Device::Cpu).unwrap()
 }
 
+/// A 7 -> 6 layer's weight and bias.
+fn layer(dtype: DType) -> (Tensor, Tensor) {
+    let mut rng = Rng::new(11);
+    let w = (rng.normal((6, 7), DType::F64, &Device::Cpu).unwrap() * 0.4).unwrap();
+    let b = (rng.normal(6, DType::F64, &Device::Cpu).unwrap() * 0.1).unwrap();
+    (w.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap())
+}
+
 fn cases() -> Vec<Case> {
     let weight = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.7, 1.1, -0.3], &Device::Cpu).unwrap();
     let bias = Tensor::new(&[0.1f64, -0.2, 0.3, 0.0, 0.5, -0.4, 0.2], &Device::Cpu).unwrap();
@@ -29,6 +37,19 @@ fn cases() -> Vec<Case> {
     let (w1, b1) = (weight.clone(), bias.clone());
     let (w2, b2) = (weight, bias);
     vec![
+        Case {
+            name: "linear",
+            // GELU after the layer: a linear map alone has no third derivative to check.
+            fused: Box::new(|x| {
+                let (w, b) = layer(x.dtype());
+                fused::gelu_erf(&fused::linear(x, &w, Some(&b))?)
+            }),
+            composite: Box::new(|x| {
+                let (w, b) = layer(x.dtype());
+                fused::gelu_erf_composite(&x.matmul(&w.t()?)?.broadcast_add(&b)?)
+            }),
+            shape: (5, 7),
+        },
         Case {
             name: "gelu_erf",
             fused: Box::new(fused::gelu_erf),
@@ -275,4 +296,108 @@ fn the_f32_erf_and_exp_are_accurate_over_their_range() {
     assert!((fused::erf_f32(f32::INFINITY) - 1.0).abs() < 5e-7);
     assert!(fused::exp_f32(-1000.0) >= 0.0 && fused::exp_f32(-1000.0) < 1e-37);
     assert!(fused::exp_f32(1000.0).is_finite());
+}
+
+/// Two layers `x -> gelu(x W1^T + b1) W2^T + b2 -> scalar` with `W1` as the argument, fused or with
+/// candle's matmul.
+fn two_layers(fused_ops: bool) -> impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> {
+    move |x: &Tensor, w1: &Tensor| {
+        let (_, b1) = layer(x.dtype());
+        let mut rng = Rng::new(12);
+        let w2 = (rng.normal((3, 6), DType::F64, &Device::Cpu)? * 0.5)?.to_dtype(x.dtype())?;
+        let b2 = Tensor::new(&[0.1f64, -0.1, 0.2], &Device::Cpu)?.to_dtype(x.dtype())?;
+        let e = candle_core::Error::from;
+        let y = if fused_ops {
+            let h = fused::gelu_erf(&fused::linear(x, w1, Some(&b1)).map_err(e)?).map_err(e)?;
+            fused::linear(&h, &w2, Some(&b2)).map_err(e)?
+        } else {
+            let h = fused::gelu_erf_composite(&x.matmul(&w1.t()?)?.broadcast_add(&b1)?)
+                .map_err(e)?;
+            h.matmul(&w2.t()?)?.broadcast_add(&b2)?
+        };
+        scalar(&y)
+    }
+}
+
+/// `||dL/dx||^2` (gradient penalty) and `v^T H_x v` (Hutchinson) as functions of `W1`.
+fn penalty_and_curvature(
+    fused_ops: bool,
+    x: &Tensor,
+    v: &Tensor,
+) -> [Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>; 3] {
+    let loss = two_layers(fused_ops);
+    let (x1, x2, x3, v3) = (x.clone(), x.clone(), x.clone(), v.clone());
+    let e = candle_core::Error::from;
+    [
+        Box::new(move |w1| loss(&x1, w1)),
+        Box::new(move |w1| {
+            let target = Target::input(&x2).map_err(e)?;
+            let f = |p: &Tensor| two_layers(fused_ops)(p, w1);
+            let g = target.loss_and_gradient(&f).map_err(e)?.gradient;
+            g.sqr()?.sum_all()
+        }),
+        Box::new(move |w1| {
+            let target = Target::input(&x3).map_err(e)?;
+            let f = |p: &Tensor| two_layers(fused_ops)(p, w1);
+            let hv = advtrain::laplacian::hessian_vector_product(&target, &f, &v3).map_err(e)?;
+            (hv * &v3)?.sum_all()
+        }),
+    ]
+}
+
+#[test]
+fn linear_weight_gradients_through_gradient_penalty_and_hutchinson_match() {
+    let x = points((5, 7), DType::F64);
+    let v = Rng::new(5)
+        .rademacher((5, 7), DType::F64, &Device::Cpu)
+        .unwrap();
+    let (w1, _) = layer(DType::F64);
+    let fused_fns = penalty_and_curvature(true, &x, &v);
+    let composite_fns = penalty_and_curvature(false, &x, &v);
+    for (i, name) in ["loss", "gradient penalty", "Hutchinson"].iter().enumerate() {
+        // Against finite differences in W1 (the loss's first, the penalty's second and the
+        // curvature's third derivative) and against candle's matmul.
+        let check = gradcheck(&fused_fns[i], &w1, 1e-5).unwrap();
+        let fused_grad = gradient(&fused_fns[i], &w1);
+        let composite_grad = gradient(&composite_fns[i], &w1);
+        let agreement = relative_error(&fused_grad, &composite_grad).unwrap();
+        println!(
+            "{name}: d/dW1 vs finite differences {:.1e}, vs candle's matmul {agreement:.1e}",
+            check.relative_error
+        );
+        assert!(check.norm > 0.0, "{name}: zero gradient");
+        assert!(check.relative_error < 1e-7, "{name}: {check:?}");
+        assert!(agreement < 1e-13, "{name}: {agreement:e}");
+    }
+}
+
+#[test]
+fn backward_for_leaves_out_the_weights_and_keeps_the_point() {
+    let x = points((5, 7), DType::F64);
+    let (w, b) = layer(DType::F64);
+    let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+    let probe = Var::zeros((5, 7), DType::F64, &Device::Cpu).unwrap();
+    let point = (&x + probe.as_tensor()).unwrap();
+    let loss = scalar(&fused::gelu_erf(&fused::linear(&point, &w, Some(&b)).unwrap()).unwrap())
+        .unwrap();
+    let all = loss.backward().unwrap();
+    let only = fused::backward_for(&loss, &[probe.as_tensor()]).unwrap();
+    let at_point = |g: &candle_core::backprop::GradStore| g.get(probe.as_tensor()).unwrap().clone();
+    assert!(relative_error(&at_point(&only), &at_point(&all)).unwrap() < 1e-15);
+    assert!(all.get(w.as_tensor()).is_some() && all.get(b.as_tensor()).is_some());
+    assert!(only.get(w.as_tensor()).is_none() && only.get(b.as_tensor()).is_none());
+    // Leaving out a variable fed to the layer keeps the weights' gradients and drops its own.
+    let input = Var::from_tensor(&x).unwrap();
+    let loss =
+        scalar(&fused::gelu_erf(&fused::linear(&input, &w, Some(&b)).unwrap()).unwrap()).unwrap();
+    let all = loss.backward().unwrap();
+    let except = fused::backward_except(&loss, &[input.as_tensor()]).unwrap();
+    let weight = |g: &candle_core::backprop::GradStore| g.get(w.as_tensor()).unwrap().clone();
+    assert!(relative_error(&weight(&except), &weight(&all)).unwrap() < 1e-15);
+    assert!(all.get(input.as_tensor()).is_some() && except.get(input.as_tensor()).is_none());
+    // A non-variable in the list is not left out (candle needs its gradient to go on).
+    let through_point = fused::backward_except(&loss, &[&point]).unwrap();
+    assert!(through_point.get(w.as_tensor()).is_some());
+    // The choice ends with the pass: a plain backward afterwards computes everything again.
+    assert!(loss.backward().unwrap().get(w.as_tensor()).is_some());
 }

@@ -8,9 +8,14 @@
 //! | [`layer_norm`] | [`crate::ops::layer_norm`] | `layer_norm` |
 //! | [`softmax_last_dim`], [`log_softmax_last_dim`] | [`crate::ops::softmax_last_dim`], [`crate::ops::log_softmax_last_dim`] | `softmax` |
 //! | [`cross_entropy`] | `candle_nn::loss::cross_entropy` | `softmax` |
+//! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
+//! | [`backward_for`], [`backward_except`] | `Tensor::backward` | `wanted` |
 //!
 //! Every op's backward is itself a fused op whose backward is built from differentiable pieces, so
 //! gradient penalty and Hutchinson (double backward) keep working and run fused code on both passes.
+//! The linear ops also leave out gradients nobody needs: the input's of a first layer fed with data,
+//! and, in a pass run by [`backward_for`], the weights' (the inner passes of gradient penalty and
+//! Hutchinson).
 //! `tests/fused.rs` checks each against its composite form: values, first derivatives and
 //! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
 //! device each function falls back to the composite form. Book: "Fused operations and speed".
@@ -18,9 +23,13 @@
 mod gelu;
 mod kernel;
 mod layer_norm;
+mod linear;
 mod softmax;
+mod wanted;
 
 pub use gelu::{gelu_erf, gelu_erf_composite, gelu_tanh, gelu_tanh_composite};
 pub use kernel::{erf_f32, exp_f32};
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};
+pub use wanted::{backward_except, backward_for};
