@@ -1,8 +1,8 @@
 //! advtrain's side of the side-by-side benchmark against JAX (`scripts/side-by-side.sh`).
 //!
-//! Two models, f32 on the CPU, each in two variants: `candle` (candle's own GELU, the composite layer
-//! norm and softmax of [`advtrain::ops`], `candle_nn`'s cross-entropy) and `fused` (the same model
-//! with [`advtrain::fused`]):
+//! Two models, f32 on the CPU, each in two variants: `candle` (`candle_nn::Linear`, candle's own
+//! GELU, the composite layer norm and softmax of [`advtrain::ops`], `candle_nn`'s cross-entropy) and
+//! `fused` (the same model with [`advtrain::fused`], linear layers included):
 //! * `mlp`: 512-512-512-10, GELU (erf), softmax cross-entropy, batch 256, input target;
 //! * `embedding`: vocabulary 5,000, width 128, 32 tokens, batch 32; two pre-norm transformer blocks
 //!   (single-head self-attention, feed-forward 128-512-128 with GELU), a final layer norm, masked mean
@@ -29,10 +29,12 @@ use std::time::Instant;
 type Unary = fn(&Tensor) -> advtrain::Result<Tensor>;
 type Norm = fn(&Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> advtrain::Result<Tensor>;
 type Loss = fn(&Tensor, &Tensor) -> advtrain::Result<Tensor>;
+type Layer = fn(&Tensor, &Linear) -> advtrain::Result<Tensor>;
 
 /// The elementwise and row-wise operations a variant uses.
 #[derive(Clone, Copy)]
 struct Ops {
+    linear: Layer,
     gelu: Unary,
     layer_norm: Norm,
     softmax: Unary,
@@ -43,11 +45,20 @@ fn candle_gelu(x: &Tensor) -> advtrain::Result<Tensor> {
     Ok(x.gelu_erf()?)
 }
 
+fn candle_linear(x: &Tensor, layer: &Linear) -> advtrain::Result<Tensor> {
+    Ok(layer.forward(x)?)
+}
+
+fn fused_linear(x: &Tensor, layer: &Linear) -> advtrain::Result<Tensor> {
+    fused::linear(x, layer.weight(), layer.bias())
+}
+
 fn candle_cross_entropy(z: &Tensor, y: &Tensor) -> advtrain::Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(z, y)?)
 }
 
 const CANDLE: Ops = Ops {
+    linear: candle_linear,
     gelu: candle_gelu,
     layer_norm: ops::layer_norm,
     softmax: ops::softmax_last_dim,
@@ -55,6 +66,7 @@ const CANDLE: Ops = Ops {
 };
 
 const FUSED: Ops = Ops {
+    linear: fused_linear,
     gelu: fused::gelu_erf,
     layer_norm: fused::layer_norm,
     softmax: fused::softmax_last_dim,
@@ -91,7 +103,7 @@ impl Mlp {
     fn loss(&self, ops: Ops, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
+            h = (ops.linear)(&h, layer)?;
             if i + 1 < self.layers.len() {
                 h = (ops.gelu)(&h)?;
             }
@@ -190,22 +202,18 @@ impl Embedding {
         let mut h = e.clone();
         for block in &self.blocks {
             let x = norm(&h, &block.norm1)?;
-            let scores = (block
-                .query
-                .forward(&x)?
-                .matmul(&block.key.forward(&x)?.t()?)?
+            let linear = |x: &Tensor, layer: &Linear| (ops.linear)(x, layer);
+            let scores = (linear(&x, &block.query)?.matmul(&linear(&x, &block.key)?.t()?)?
                 * (1.0 / (WIDTH as f64).sqrt()))?;
             let attention = (ops.softmax)(&scores.broadcast_add(&key_bias)?)?;
-            h = (h + block
-                .out
-                .forward(&attention.matmul(&block.value.forward(&x)?)?)?)?;
+            h = (h + linear(&attention.matmul(&linear(&x, &block.value)?)?, &block.out)?)?;
             let x = norm(&h, &block.norm2)?;
-            h = (&h + block.down.forward(&(ops.gelu)(&block.up.forward(&x)?)?)?)?;
+            h = (&h + linear(&(ops.gelu)(&linear(&x, &block.up)?)?, &block.down)?)?;
         }
         let h = norm(&h, &self.norm)?;
         let m = self.mask.unsqueeze(2)?;
         let pooled = h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
-        (ops.cross_entropy)(&self.classifier.forward(&pooled)?, &self.y)
+        (ops.cross_entropy)(&(ops.linear)(&pooled, &self.classifier)?, &self.y)
     }
 }
 

@@ -84,50 +84,65 @@ impl GradientPenalty {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
-        if self.method == PenaltyMethod::DoubleBackward {
-            second_order::require("gradient penalty (double backward)")?;
+        match self.method {
+            PenaltyMethod::DoubleBackward => self.step_double_backward(target, loss_fn),
+            PenaltyMethod::FiniteDifference { h } => {
+                self.step_finite_difference(target, loss_fn, h)
+            }
         }
+    }
+
+    /// One pass for the point's gradient alone (the fused ops skip the weights'), then one for every
+    /// weight's gradient of `L + P` together, as JAX's `grad` of the whole objective does.
+    fn step_double_backward<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        second_order::require("gradient penalty (double backward)")?;
+        let clean = target.point_gradient(loss_fn)?;
+        target.check_gradient_value(&clean.gradient, self.allow_zero_gradient)?;
+        let penalty = self.penalty(target, &clean.gradient)?;
+        let objective = (&clean.loss + &penalty)?;
+        let mut grads = target.objective_gradients(&objective, &clean)?;
+        detach_all(&mut grads);
+        Ok(Step {
+            loss: objective.detach(),
+            clean_loss: clean.loss.detach(),
+            grads,
+            passes: Passes {
+                forward: 1,
+                backward: 2,
+                double_backward: 1,
+            },
+        })
+    }
+
+    fn step_finite_difference<F>(&self, target: &Target, loss_fn: &F, h: f64) -> Result<Step>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
         let clean = target.loss_and_gradient(loss_fn)?;
         target.check_gradient_value(&clean.gradient, self.allow_zero_gradient)?;
         let clean_loss = clean.loss.detach();
-        // The weights' gradients are needed as values only; the penalty keeps its own graph.
         let mut grads = clean.grads;
         detach_all(&mut grads);
-        let (penalty, passes) = match self.method {
-            PenaltyMethod::DoubleBackward => {
-                let penalty = self.penalty(target, &clean.gradient)?;
-                let mut penalty_grads = penalty.backward()?;
-                detach_all(&mut penalty_grads);
-                grads.extend(penalty_grads)?;
-                let passes = Passes {
-                    forward: 1,
-                    backward: 2,
-                    double_backward: 1,
-                };
-                (penalty.detach(), passes)
-            }
-            PenaltyMethod::FiniteDifference { h } => {
-                let g = clean.gradient.detach();
-                let d = self.norm.direction(target, &g)?;
-                let plus = target.loss_at(loss_fn, &(&d * h)?)?;
-                let minus = target.loss_at(loss_fn, &(&d * -h)?)?;
-                let difference = ((plus - minus)? * (self.eps / (2.0 * h)))?;
-                let mut difference_grads = difference.backward()?;
-                detach_all(&mut difference_grads);
-                grads.extend(difference_grads)?;
-                let passes = Passes {
-                    forward: 3,
-                    backward: 3,
-                    double_backward: 0,
-                };
-                (self.penalty(target, &g)?, passes)
-            }
-        };
+        let g = clean.gradient.detach();
+        let d = self.norm.direction(target, &g)?;
+        let plus = target.loss_at(loss_fn, &(&d * h)?)?;
+        let minus = target.loss_at(loss_fn, &(&d * -h)?)?;
+        let difference = ((plus - minus)? * (self.eps / (2.0 * h)))?;
+        let mut difference_grads = difference.backward()?;
+        detach_all(&mut difference_grads);
+        grads.extend(difference_grads)?;
         Ok(Step {
-            loss: (&clean_loss + penalty)?,
+            loss: (&clean_loss + self.penalty(target, &g)?)?,
             clean_loss,
             grads,
-            passes,
+            passes: Passes {
+                forward: 3,
+                backward: 3,
+                double_backward: 0,
+            },
         })
     }
 }

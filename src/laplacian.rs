@@ -68,14 +68,15 @@ impl CurvatureMethod {
     }
 }
 
-/// `H v` from a gradient that kept its graph (see [`Target::loss_and_gradient`]).
+/// `H v` from a gradient that kept its graph (see [`Target::point_gradient`]), by a backward pass
+/// that needs the point's gradient only.
 fn hvp_from(point_gradient: &PointGradient, v: &Tensor) -> Result<Tensor> {
     let along = (&point_gradient.gradient * v)?.sum_all()?;
     if !along.track_op() {
         // The gradient does not depend on the point at all: the Hessian is zero.
         return Ok(v.zeros_like()?);
     }
-    let grads = along.backward()?;
+    let grads = crate::fused::backward_for(&along, &[&point_gradient.probe])?;
     match grads.get(&point_gradient.probe) {
         Some(hv) => Ok(hv.clone()),
         None => Ok(v.zeros_like()?),
@@ -90,7 +91,7 @@ where
 {
     second_order::require("a Hessian-vector product")?;
     target.check_delta(v)?;
-    let point_gradient = target.loss_and_gradient(loss_fn)?;
+    let point_gradient = target.point_gradient(loss_fn)?;
     hvp_from(&point_gradient, &target.apply_mask(v)?)
 }
 
@@ -153,7 +154,7 @@ where
             fix: "use hutchinson() for points with more than 4096 entries".into(),
         });
     }
-    let point_gradient = target.loss_and_gradient(loss_fn)?;
+    let point_gradient = target.point_gradient(loss_fn)?;
     let columns = (0..n)
         .map(|i| {
             let mut basis = vec![0.0f64; n];
@@ -207,7 +208,7 @@ where
     let mut samples = Vec::with_capacity(probes);
     match method {
         CurvatureMethod::DoubleBackward => {
-            let point_gradient = target.loss_and_gradient(loss_fn)?;
+            let point_gradient = target.point_gradient(loss_fn)?;
             for _ in 0..probes {
                 let v = kind.sample(target, rng)?;
                 let hv = hvp_from(&point_gradient, &v)?;
@@ -277,7 +278,7 @@ impl Laplacian {
         let weight = self.sigma * self.sigma / 2.0 / self.probes as f64;
         match self.method {
             CurvatureMethod::DoubleBackward => {
-                let point_gradient = target.loss_and_gradient(loss_fn)?;
+                let point_gradient = target.point_gradient(loss_fn)?;
                 let mut total_curvature: Option<Tensor> = None;
                 for _ in 0..self.probes {
                     let v = self.kind.sample(target, rng)?;
@@ -288,15 +289,13 @@ impl Laplacian {
                     });
                 }
                 let regulariser = (total_curvature.expect("probes >= 1") * weight)?;
-                let clean_loss = point_gradient.loss.detach();
-                let mut grads = point_gradient.grads;
+                // Every weight's gradient of L + regulariser in one pass.
+                let objective = (&point_gradient.loss + regulariser)?;
+                let mut grads = target.objective_gradients(&objective, &point_gradient)?;
                 detach_all(&mut grads);
-                let mut regulariser_grads = regulariser.backward()?;
-                detach_all(&mut regulariser_grads);
-                grads.extend(regulariser_grads)?;
                 Ok(Step {
-                    loss: (&clean_loss + regulariser.detach())?,
-                    clean_loss,
+                    loss: objective.detach(),
+                    clean_loss: point_gradient.loss.detach(),
                     grads,
                     passes: Passes {
                         forward: 1,

@@ -15,8 +15,9 @@
 //!   the ids up in them with [`RowLookup::embed`]. The matrix gradient is zero outside those rows, so
 //!   every norm, direction and penalty is the matrix target's.
 //!
-//! The gradient with respect to the point comes from a zero-valued `Var` added to it (or from the
-//! weight's own gradient, when the point is a `Var`). Book chapter: "Min-max".
+//! The gradient with respect to the point comes from a zero-valued `Var` added to it, from a
+//! variable copy of the point when it is data without a mask, or from the weight's own gradient when
+//! the point is a `Var`. Book chapter: "Min-max".
 
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;
@@ -324,11 +325,19 @@ impl Target {
     }
 
     /// The point made differentiable: `(point + mask * zero, zero)` with `zero` a zero-valued `Var`,
-    /// or `(var, var)` when the point is itself a variable. The gradient of anything computed from the
-    /// first tensor with respect to the point is the gradient with respect to the second.
+    /// `(var, var)` when the point is itself a variable, or with `var` a variable copy of the point
+    /// when it is data (no graph) without a mask. The gradient of anything computed from the first
+    /// tensor with respect to the point is the gradient with respect to the second.
+    ///
+    /// In the last two cases the model meets the probe itself, so a pass that does not want the
+    /// point's gradient can leave it out ([`Target::objective_gradients`], the fused linear ops).
     pub fn probe_point(&self) -> Result<(Tensor, Tensor)> {
         Ok(match &self.var {
             Some(var) => (var.as_tensor().clone(), var.as_tensor().clone()),
+            None if self.mask.is_none() && !self.point.track_op() => {
+                let var = Var::from_tensor(&self.point)?;
+                (var.as_tensor().clone(), var.as_tensor().clone())
+            }
             None => {
                 let zero = Var::zeros(self.point.shape(), self.point.dtype(), self.point.device())?;
                 (self.perturb(zero.as_tensor())?, zero.as_tensor().clone())
@@ -345,6 +354,39 @@ impl Target {
         let (point, probe) = self.probe_point()?;
         // A weight's gradient is also the weight's own update: it stays in the store.
         self.gradient_through(loss_fn, &point, probe, self.var.is_some())
+    }
+
+    /// One forward and one backward pass for the loss and dLoss/dPoint only: the fused ops
+    /// ([`crate::fused::linear`]) skip the weights' gradients, so `grads` may lack them (it holds what
+    /// candle's own ops computed). For methods that differentiate the gradient and then take every
+    /// weight's gradient of an objective in one more pass ([`Target::objective_gradients`]):
+    /// gradient penalty and Hutchinson.
+    pub fn point_gradient<F>(&self, loss_fn: &F) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        let (point, probe) = self.probe_point()?;
+        let loss = scalar_loss(loss_fn(&point)?)?;
+        let grads = crate::fused::backward_for(&loss, &[&probe])?;
+        self.point_gradient_from(loss, grads, probe, self.var.is_some())
+    }
+
+    /// Every variable's gradient of `objective`, an objective built from `point_gradient`'s loss and
+    /// gradient, in one backward pass. The point's own gradient is left out (the fused ops skip it
+    /// where the model meets the probe directly) unless the point is a weight, whose gradient is
+    /// its update.
+    pub fn objective_gradients(
+        &self,
+        objective: &Tensor,
+        point_gradient: &PointGradient,
+    ) -> Result<GradStore> {
+        if self.var.is_some() {
+            return Ok(objective.backward()?);
+        }
+        let probe = &point_gradient.probe;
+        let mut grads = crate::fused::backward_except(objective, &[probe])?;
+        grads.remove(probe);
+        Ok(grads)
     }
 
     /// One forward and one backward pass at `point + mask * delta`: the loss, every variable's gradient,
@@ -373,7 +415,18 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let loss = scalar_loss(loss_fn(point)?)?;
-        let mut grads = loss.backward()?;
+        let grads = loss.backward()?;
+        self.point_gradient_from(loss, grads, probe, keep_probe)
+    }
+
+    /// Takes the gradient at `probe` out of `grads` (or copies it, when `keep_probe`).
+    fn point_gradient_from(
+        &self,
+        loss: Tensor,
+        mut grads: GradStore,
+        probe: Tensor,
+        keep_probe: bool,
+    ) -> Result<PointGradient> {
         let gradient = if keep_probe {
             grads.get(&probe).cloned()
         } else {

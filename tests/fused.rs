@@ -311,8 +311,8 @@ fn two_layers(fused_ops: bool) -> impl Fn(&Tensor, &Tensor) -> candle_core::Resu
             let h = fused::gelu_erf(&fused::linear(x, w1, Some(&b1)).map_err(e)?).map_err(e)?;
             fused::linear(&h, &w2, Some(&b2)).map_err(e)?
         } else {
-            let h = fused::gelu_erf_composite(&x.matmul(&w1.t()?)?.broadcast_add(&b1)?)
-                .map_err(e)?;
+            let h =
+                fused::gelu_erf_composite(&x.matmul(&w1.t()?)?.broadcast_add(&b1)?).map_err(e)?;
             h.matmul(&w2.t()?)?.broadcast_add(&b2)?
         };
         scalar(&y)
@@ -354,7 +354,10 @@ fn linear_weight_gradients_through_gradient_penalty_and_hutchinson_match() {
     let (w1, _) = layer(DType::F64);
     let fused_fns = penalty_and_curvature(true, &x, &v);
     let composite_fns = penalty_and_curvature(false, &x, &v);
-    for (i, name) in ["loss", "gradient penalty", "Hutchinson"].iter().enumerate() {
+    for (i, name) in ["loss", "gradient penalty", "Hutchinson"]
+        .iter()
+        .enumerate()
+    {
         // Against finite differences in W1 (the loss's first, the penalty's second and the
         // curvature's third derivative) and against candle's matmul.
         let check = gradcheck(&fused_fns[i], &w1, 1e-5).unwrap();
@@ -378,8 +381,8 @@ fn backward_for_leaves_out_the_weights_and_keeps_the_point() {
     let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
     let probe = Var::zeros((5, 7), DType::F64, &Device::Cpu).unwrap();
     let point = (&x + probe.as_tensor()).unwrap();
-    let loss = scalar(&fused::gelu_erf(&fused::linear(&point, &w, Some(&b)).unwrap()).unwrap())
-        .unwrap();
+    let loss =
+        scalar(&fused::gelu_erf(&fused::linear(&point, &w, Some(&b)).unwrap()).unwrap()).unwrap();
     let all = loss.backward().unwrap();
     let only = fused::backward_for(&loss, &[probe.as_tensor()]).unwrap();
     let at_point = |g: &candle_core::backprop::GradStore| g.get(probe.as_tensor()).unwrap().clone();

@@ -42,7 +42,11 @@ impl Product {
     }
 
     /// `(m, n, k)` of candle's `(m, k) x (k, n)` and the operands' layouts in that form.
-    fn plan(self, la: &Layout, lb: &Layout) -> candle_core::Result<(Shape, [usize; 3], [Layout; 2])> {
+    fn plan(
+        self,
+        la: &Layout,
+        lb: &Layout,
+    ) -> candle_core::Result<(Shape, [usize; 3], [Layout; 2])> {
         let (a0, a1) = la.shape().dims2()?;
         let (b0, b1) = lb.shape().dims2()?;
         // (m, n, k, the dimension of b that must equal k)
@@ -79,7 +83,12 @@ impl Product {
     }
 
     /// The gradients of `(a, b)` for an incoming `u`, each only where needed.
-    fn backward(self, a: &Tensor, b: &Tensor, u: &Tensor) -> candle_core::Result<[Option<Tensor>; 2]> {
+    fn backward(
+        self,
+        a: &Tensor,
+        b: &Tensor,
+        u: &Tensor,
+    ) -> candle_core::Result<[Option<Tensor>; 2]> {
         let u = u.contiguous()?;
         let grad_a = match (needs_gradient(a), self) {
             (false, _) => None,
@@ -98,7 +107,12 @@ impl Product {
 }
 
 /// Adds the bias row to every row of `out` (`n` columns).
-fn add_bias(out: &mut CpuStorage, bias: &CpuStorage, lb: &Layout, n: usize) -> candle_core::Result<()> {
+fn add_bias(
+    out: &mut CpuStorage,
+    bias: &CpuStorage,
+    lb: &Layout,
+    n: usize,
+) -> candle_core::Result<()> {
     let Some((start, end)) = lb.contiguous_offsets().filter(|(s, e)| e - s == n) else {
         return Err(candle_core::Error::Msg(format!(
             "advtrain-linear: the bias must be contiguous with {n} entries"
@@ -246,5 +260,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     };
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("x has a dimension") = out;
-    Ok(if dims.len() == 2 { y } else { y.reshape(shape)? })
+    Ok(if dims.len() == 2 {
+        y
+    } else {
+        y.reshape(shape)?
+    })
 }
