@@ -8,6 +8,7 @@ use advtrain::{Rng, Target};
 use candle_core::{DType, Device, Tensor, Var};
 
 type Op = Box<dyn Fn(&Tensor) -> advtrain::Result<Tensor>>;
+type ScalarFn = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
 
 /// One fused op, its composite reference and the shape of its test input.
 struct Case {
@@ -324,7 +325,7 @@ fn penalty_and_curvature(
     fused_ops: bool,
     x: &Tensor,
     v: &Tensor,
-) -> [Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>; 3] {
+) -> [ScalarFn; 3] {
     let loss = two_layers(fused_ops);
     let (x1, x2, x3, v3) = (x.clone(), x.clone(), x.clone(), v.clone());
     let e = candle_core::Error::from;
