@@ -321,11 +321,7 @@ fn two_layers(fused_ops: bool) -> impl Fn(&Tensor, &Tensor) -> candle_core::Resu
 }
 
 /// `||dL/dx||^2` (gradient penalty) and `v^T H_x v` (Hutchinson) as functions of `W1`.
-fn penalty_and_curvature(
-    fused_ops: bool,
-    x: &Tensor,
-    v: &Tensor,
-) -> [ScalarFn; 3] {
+fn penalty_and_curvature(fused_ops: bool, x: &Tensor, v: &Tensor) -> [ScalarFn; 3] {
     let loss = two_layers(fused_ops);
     let (x1, x2, x3, v3) = (x.clone(), x.clone(), x.clone(), v.clone());
     let e = candle_core::Error::from;
