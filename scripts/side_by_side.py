@@ -18,11 +18,17 @@ FIRST_ORDER = ["plain", "fgm"]
 # Goals, as ratios: the plain step to JAX's (MLP, one thread), then each method to its plain step.
 PLAIN_GOAL = 1.5
 METHOD_GOALS = {"fgm": 2.05, "gradient_penalty": 2.2, "hutchinson_1": 3.0}
+# glibc's malloc hands blocks above its mmap threshold back to the system on free and takes fresh,
+# zero-filled pages for the next step; with these settings it keeps them, as XLA's own allocator
+# does. Without them advtrain's times on the same binary drifted by up to 1.7x from run to run.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
 class Worker:
-    def __init__(self, name, command, threads, second_order=True):
+    def __init__(self, name, command, threads, second_order=True, tuned_malloc=True):
         env = dict(os.environ)
+        if tuned_malloc:
+            env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
         env["CANDLE_GRAD_DO_NOT_DETACH"] = "1" if second_order else "0"
         env["RAYON_NUM_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = str(threads)
@@ -49,13 +55,19 @@ class Worker:
         self.process.wait()
 
 
-def measure(rust, jax, threads, rounds, steps):
+def measure(rust, jax, threads, rounds, steps, tuned_malloc):
     """Median ms per step for (model, method, side), side in jax / candle / fused."""
     workers = {
-        "jax": Worker("JAX", jax, threads),
-        "advtrain": Worker("advtrain", rust, threads),
+        "jax": Worker("JAX", jax, threads, tuned_malloc=tuned_malloc),
+        "advtrain": Worker("advtrain", rust, threads, tuned_malloc=tuned_malloc),
         # The same binary with second order off: what the switch costs plain steps and FGM.
-        "first-order": Worker("advtrain (second order off)", rust, threads, second_order=False),
+        "first-order": Worker(
+            "advtrain (second order off)",
+            rust,
+            threads,
+            second_order=False,
+            tuned_malloc=tuned_malloc,
+        ),
     }
     sides = [
         ("jax", "jax", "-"),
@@ -87,9 +99,11 @@ def measure(rust, jax, threads, rounds, steps):
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def report(medians, threads, rounds, steps):
+def report(medians, threads, rounds, steps, tuned_malloc):
+    malloc = "glibc malloc tuned (GLIBC_TUNABLES)" if tuned_malloc else "glibc malloc as is"
     lines = [
-        f"### {threads} thread(s): median ms per step over {rounds} rounds of {steps} steps",
+        f"### {threads} thread(s): median ms per step over {rounds} rounds of {steps} steps, "
+        f"{malloc}",
         "",
         "| model | method | JAX | advtrain, candle ops | advtrain, fused ops | fused, second order "
         "off | fused / JAX | JAX: x plain | advtrain fused: x plain |",
@@ -128,14 +142,19 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="steps per timed request")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--out", help="also write the tables to this markdown file")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help=f"run the workers without GLIBC_TUNABLES={MALLOC_TUNABLES}",
+    )
     args = parser.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
     rust = [args.rust, "--worker"]
     jax = [args.python, os.path.join(here, "side_by_side_jax.py")]
     sections = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        medians = measure(rust, jax, threads, args.rounds, args.steps)
-        sections.append(report(medians, threads, args.rounds, args.steps))
+        medians = measure(rust, jax, threads, args.rounds, args.steps, not args.default_malloc)
+        sections.append(report(medians, threads, args.rounds, args.steps, not args.default_malloc))
         print(sections[-1] + "\n", flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -6,8 +6,8 @@
 //! | order | function | op |
 //! |---|---|---|
 //! | 0 | `x Phi(x)` | `GeluErf` |
-//! | 1 | `Phi(x) + x phi(x)` | `GeluErfGrad` |
-//! | 2 | `phi(x) (2 - x^2)` | `GeluErfGrad2` |
+//! | 1 | `Phi(x) + x phi(x)` | `GeluErfFirst` (times `w`) |
+//! | 2 | `phi(x) (2 - x^2)` | `GeluErfSecond` (times `w`) |
 //! | 3 | `phi(x) (x^3 - 4x)` | composite tensor ops |
 //!
 //! `gelu_tanh(x) = x (1 + tanh u) / 2` with `u = c (x + k x^3)`, `c = sqrt(2 / pi)`, `k = 0.044715`;
@@ -16,19 +16,22 @@
 //! | order | function | op |
 //! |---|---|---|
 //! | 0 | `x (1 + t) / 2` | `GeluTanh` |
-//! | 1 | `(1 + t) / 2 + x s u' / 2` | `GeluTanhGrad` |
-//! | 2 | `s A`, `A = u' + x (u'' - 2 t u'^2) / 2` | `GeluTanhGrad2` |
+//! | 1 | `(1 + t) / 2 + x s u' / 2` | `GeluTanhFirst` (times `w`) |
+//! | 2 | `s A`, `A = u' + x (u'' - 2 t u'^2) / 2` | `GeluTanhSecond` (times `w`) |
 //! | 3 | `-2 t s u' A + s A'` | composite tensor ops |
 //!
-//! Each op's backward multiplies the incoming gradient by the next op, so gradient penalty and
-//! Hutchinson (double backward) run fused code for the second derivative too, and a third-order pass
-//! still works. candle's own `gelu_erf` backward is a chain of eleven tensor operations and uses
+//! The derivative ops take the incoming gradient `w` as a second input and return `w f^(k)(x)` in
+//! one pass (no derivative tensor, then a product): the backward of `f` is `First(x, u)`, and the
+//! backward of `First(x, w)` is `Second(x, w u)` for `x` and `First(x, u)` for `w`. Gradient penalty
+//! and Hutchinson (double backward) so run fused code for the second derivative too, and a
+//! third-order pass still works. candle's own `gelu_erf` backward is a chain of eleven tensor operations and uses
 //! 0.398942 for `1 / sqrt(2 pi)` (0.3989422804...), a relative error of 1.5e-7; the fused ops use
 //! the exact constant (`tests/fused.rs`). Book: "Fused operations and speed".
 
-use super::kernel::{Real, check_input, dispatch1, map};
+use super::kernel::{Real, check_input, dispatch1, dispatch2, map, zip_map};
+use super::wanted::needs_gradient;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -42,19 +45,23 @@ fn big_phi<T: Real>(x: T) -> T {
     T::constant(0.5) * (T::one() + (x * T::constant(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
-fn gelu_erf_0<T: Real>(v: &[T]) -> Vec<T> {
-    map(v, |x| x * big_phi(x))
+#[inline(always)]
+fn gelu_erf_0<T: Real>(x: T) -> T {
+    x * big_phi(x)
 }
 
-fn gelu_erf_1<T: Real>(v: &[T]) -> Vec<T> {
-    map(v, |x| big_phi(x) + x * phi(x))
+#[inline(always)]
+fn gelu_erf_1<T: Real>(x: T) -> T {
+    big_phi(x) + x * phi(x)
 }
 
-fn gelu_erf_2<T: Real>(v: &[T]) -> Vec<T> {
-    map(v, |x| phi(x) * (T::constant(2.0) - x * x))
+#[inline(always)]
+fn gelu_erf_2<T: Real>(x: T) -> T {
+    phi(x) * (T::constant(2.0) - x * x)
 }
 
 /// `(t, s, u', u'')` of the tanh form at `x`.
+#[inline(always)]
 fn tanh_parts<T: Real>(x: T) -> (T, T, T, T) {
     let (c, k) = (T::constant(SQRT_2_OVER_PI), T::constant(CUBIC));
     let t = (c * (x + k * x * x * x)).tanh();
@@ -63,31 +70,41 @@ fn tanh_parts<T: Real>(x: T) -> (T, T, T, T) {
     (t, T::one() - t * t, u1, u2)
 }
 
-fn gelu_tanh_0<T: Real>(v: &[T]) -> Vec<T> {
-    map(v, |x| {
-        let (t, ..) = tanh_parts(x);
-        T::constant(0.5) * x * (T::one() + t)
-    })
+#[inline(always)]
+fn gelu_tanh_0<T: Real>(x: T) -> T {
+    let (t, ..) = tanh_parts(x);
+    T::constant(0.5) * x * (T::one() + t)
 }
 
-fn gelu_tanh_1<T: Real>(v: &[T]) -> Vec<T> {
-    map(v, |x| {
-        let (t, s, u1, _) = tanh_parts(x);
-        T::constant(0.5) * (T::one() + t + x * s * u1)
-    })
+#[inline(always)]
+fn gelu_tanh_1<T: Real>(x: T) -> T {
+    let (t, s, u1, _) = tanh_parts(x);
+    T::constant(0.5) * (T::one() + t + x * s * u1)
 }
 
-fn gelu_tanh_2<T: Real>(v: &[T]) -> Vec<T> {
-    map(v, |x| {
-        let (t, s, u1, u2) = tanh_parts(x);
-        s * (u1 + T::constant(0.5) * x * (u2 - T::constant(2.0) * t * u1 * u1))
-    })
+#[inline(always)]
+fn gelu_tanh_2<T: Real>(x: T) -> T {
+    let (t, s, u1, u2) = tanh_parts(x);
+    s * (u1 + T::constant(0.5) * x * (u2 - T::constant(2.0) * t * u1 * u1))
 }
 
-/// One elementwise fused op: its kernel and what its backward multiplies the gradient by.
-macro_rules! elementwise_op {
-    ($op:ident, $name:literal, $kernel:ident, $derivative:expr) => {
+/// `w f(x)` elementwise: a derivative times the incoming gradient, in one pass.
+fn scaled<T: Real>(x: &[T], w: &[T], f: impl Fn(T) -> T) -> Vec<T> {
+    zip_map(x, w, |x, w| w * f(x))
+}
+
+/// One GELU form as three ops: the function `f` (`$op`), and `w f'(x)` and `w f''(x)` (`$first`,
+/// `$second`), each a single pass over `x` and the incoming gradient `w`. For an incoming `u`:
+///
+/// * `$op`'s backward is `$first(x, u)`;
+/// * `$first(x, w)`'s is `$second(x, w u)` for `x` and `$first(x, u)` for `w`;
+/// * `$second(x, w)`'s is `w u f'''(x)` (composite) for `x` and `$second(x, u)` for `w`.
+macro_rules! gelu_form {
+    ($op:ident, $first:ident, $second:ident, $name:literal,
+     $f0:ident, $f1:ident, $f2:ident, $f3:ident) => {
         struct $op;
+        struct $first;
+        struct $second;
 
         impl CustomOp1 for $op {
             fn name(&self) -> &'static str {
@@ -98,38 +115,105 @@ macro_rules! elementwise_op {
                 s: &CpuStorage,
                 l: &Layout,
             ) -> candle_core::Result<(CpuStorage, Shape)> {
-                Ok((dispatch1!($name, s, l, $kernel), l.shape().clone()))
+                Ok((dispatch1!($name, s, l, map, $f0), l.shape().clone()))
             }
             fn bwd(
                 &self,
                 x: &Tensor,
                 _: &Tensor,
-                grad: &Tensor,
+                u: &Tensor,
             ) -> candle_core::Result<Option<Tensor>> {
-                let derivative: fn(&Tensor) -> candle_core::Result<Tensor> = $derivative;
-                Ok(Some((grad * derivative(x)?)?))
+                Ok(Some(x.apply_op2(&u.contiguous()?, $first)?))
+            }
+        }
+
+        impl CustomOp2 for $first {
+            fn name(&self) -> &'static str {
+                concat!($name, "-grad")
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                let out = dispatch2!(concat!($name, "-grad"), s1, l1, s2, l2, scaled, $f1);
+                Ok((out, l1.shape().clone()))
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                _: &Tensor,
+                u: &Tensor,
+            ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+                let u = u.contiguous()?;
+                let grad_x = match needs_gradient(x) {
+                    true => Some(x.apply_op2(&(w * &u)?, $second)?),
+                    false => None,
+                };
+                let grad_w = match needs_gradient(w) {
+                    true => Some(x.apply_op2(&u, $first)?),
+                    false => None,
+                };
+                Ok((grad_x, grad_w))
+            }
+        }
+
+        impl CustomOp2 for $second {
+            fn name(&self) -> &'static str {
+                concat!($name, "-grad2")
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                let out = dispatch2!(concat!($name, "-grad2"), s1, l1, s2, l2, scaled, $f2);
+                Ok((out, l1.shape().clone()))
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                _: &Tensor,
+                u: &Tensor,
+            ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+                let u = u.contiguous()?;
+                let grad_x = match needs_gradient(x) {
+                    true => Some(((w * &u)? * $f3(x)?)?),
+                    false => None,
+                };
+                let grad_w = match needs_gradient(w) {
+                    true => Some(x.apply_op2(&u, $second)?),
+                    false => None,
+                };
+                Ok((grad_x, grad_w))
             }
         }
     };
 }
 
-elementwise_op!(GeluErf, "advtrain-gelu-erf", gelu_erf_0, |x| x
-    .apply_op1(GeluErfGrad));
-elementwise_op!(GeluErfGrad, "advtrain-gelu-erf-grad", gelu_erf_1, |x| x
-    .apply_op1(GeluErfGrad2));
-elementwise_op!(
-    GeluErfGrad2,
-    "advtrain-gelu-erf-grad2",
+gelu_form!(
+    GeluErf,
+    GeluErfFirst,
+    GeluErfSecond,
+    "advtrain-gelu-erf",
+    gelu_erf_0,
+    gelu_erf_1,
     gelu_erf_2,
     gelu_erf_third_derivative
 );
-elementwise_op!(GeluTanh, "advtrain-gelu-tanh", gelu_tanh_0, |x| x
-    .apply_op1(GeluTanhGrad));
-elementwise_op!(GeluTanhGrad, "advtrain-gelu-tanh-grad", gelu_tanh_1, |x| x
-    .apply_op1(GeluTanhGrad2));
-elementwise_op!(
-    GeluTanhGrad2,
-    "advtrain-gelu-tanh-grad2",
+gelu_form!(
+    GeluTanh,
+    GeluTanhFirst,
+    GeluTanhSecond,
+    "advtrain-gelu-tanh",
+    gelu_tanh_0,
+    gelu_tanh_1,
     gelu_tanh_2,
     gelu_tanh_third_derivative
 );

@@ -190,6 +190,27 @@ fn map_avx2<T: Real>(v: &[T], f: impl Fn(T) -> T) -> Vec<T> {
     map_portable(v, f)
 }
 
+/// Applies `f(a, b)` to every pair of elements, vectorised like [`map`].
+pub(crate) fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { zip_map_avx2(a, b, f) };
+    }
+    zip_map_portable(a, b, f)
+}
+
+#[inline(always)]
+fn zip_map_portable<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
+    a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn zip_map_avx2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
+    zip_map_portable(a, b, f)
+}
+
 /// Applies `f(row, out)` to every row of length `n` (the last dimension).
 pub(crate) fn rows<T: Real>(v: &[T], n: usize, f: impl Fn(&[T], &mut [T])) -> Vec<T> {
     let mut out = vec![T::zero(); v.len()];
