@@ -6,7 +6,9 @@
 //! article). Two ways to get `grad_theta P`:
 //!
 //! * [`PenaltyMethod::DoubleBackward`]: differentiate the gradient exactly (needs second order on;
-//!   guarded). Cost: one forward, one backward, one double backward.
+//!   guarded). Cost: one forward, one backward for `dL/dx` alone ([`Target::point_gradient`]: the
+//!   fused linear ops skip the weights' gradients there), and one double backward that takes every
+//!   weight's gradient of `L + eps * P` together ([`Target::objective_gradients`]).
 //! * [`PenaltyMethod::FiniteDifference`]: `grad_theta P(g) = d/dh grad_theta L(x + h d(g))` at h = 0,
 //!   taken by the central difference `[grad L(x + h d) - grad L(x - h d)] / 2h` (error O(h^2)); first
 //!   order only. Cost: three forward, three backward.

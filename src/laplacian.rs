@@ -269,7 +269,9 @@ impl Laplacian {
         Ok(self)
     }
 
-    /// One training step on `L + sigma^2/2 * mean_probes v^T H v`.
+    /// One training step on `L + sigma^2/2 * mean_probes v^T H v`. With the exact curvature, the
+    /// gradient and each `H v` come from passes that need the point's gradient only, and one last
+    /// pass takes every weight's gradient of the whole objective.
     pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,

@@ -110,7 +110,7 @@ impl Pgd {
             self.steps
         };
         for _ in 0..remaining {
-            let at = target.loss_and_gradient_at(loss_fn, &delta)?;
+            let at = target.point_gradient_at(loss_fn, &delta)?;
             target.check_gradient_value(&at.gradient, true)?;
             delta = self.ascend(target, &delta, &at.gradient.detach())?;
             extra += 1;

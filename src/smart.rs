@@ -142,7 +142,7 @@ impl Smart {
                 Ok(self.divergence.loss(&output_fn(point)?, &reference)?)
             };
             let g = target
-                .loss_and_gradient_at(&divergence, &delta)?
+                .point_gradient_at(&divergence, &delta)?
                 .gradient
                 .detach();
             target.check_gradient_value(&g, true)?;

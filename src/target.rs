@@ -390,8 +390,8 @@ impl Target {
     }
 
     /// One forward and one backward pass at `point + mask * delta`: the loss, every variable's gradient,
-    /// and the gradient with respect to `delta` (zero at padding). The ascent steps of PGD, FreeLB,
-    /// FreeAT, SMART and VAT all take their gradient here.
+    /// and the gradient with respect to `delta` (zero at padding). FreeAT and FreeLB take their
+    /// ascent steps here, because they use the weights' gradients too.
     pub fn loss_and_gradient_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<PointGradient>
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
@@ -400,6 +400,21 @@ impl Target {
         let var = Var::from_tensor(&delta.detach())?;
         let point = self.perturb(var.as_tensor())?;
         self.gradient_through(loss_fn, &point, var.as_tensor().clone(), false)
+    }
+
+    /// [`Target::loss_and_gradient_at`] for a pass that needs the gradient with respect to `delta`
+    /// only (the ascent steps of PGD, SMART, VAT and YOPO): the fused ops skip the weights'
+    /// gradients, so `grads` may lack them.
+    pub fn point_gradient_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        self.check_delta(delta)?;
+        let var = Var::from_tensor(&delta.detach())?;
+        let point = self.perturb(var.as_tensor())?;
+        let loss = scalar_loss(loss_fn(&point)?)?;
+        let grads = crate::fused::backward_for(&loss, &[var.as_tensor()])?;
+        self.point_gradient_from(loss, grads, var.as_tensor().clone(), false)
     }
 
     /// The loss at `point` (built from `probe`), its backward pass, and the gradient at `probe`, which

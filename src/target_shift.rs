@@ -103,7 +103,7 @@ where
 
 /// `||grad_point s||^2` for a scalar `s`, keeping the graph when second order is on.
 fn squared_gradient(s: &Tensor, probe: &Tensor) -> Result<Tensor> {
-    let grads = s.backward()?;
+    let grads = crate::fused::backward_for(s, &[probe])?;
     let g = grads.get(probe).ok_or_else(|| Error::NoGradient {
         target: "point (through output_fn)".into(),
     })?;

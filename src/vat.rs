@@ -98,7 +98,7 @@ impl Vat {
                 Ok(kl_from_logits(&reference, &logits_fn(point)?)?)
             };
             let g = target
-                .loss_and_gradient_at(&kl, &(&d * self.xi)?)?
+                .point_gradient_at(&kl, &(&d * self.xi)?)?
                 .gradient
                 .detach();
             target.check_gradient_value(&g, true)?;

@@ -105,7 +105,7 @@ impl Yopo {
             for _ in 0..self.inner {
                 let hamiltonian = |point: &Tensor| (first(point)? * &costate)?.sum_all();
                 let g = target
-                    .loss_and_gradient_at(&hamiltonian, &delta)?
+                    .point_gradient_at(&hamiltonian, &delta)?
                     .gradient
                     .detach();
                 let moved = (&delta + (self.norm.direction(target, &g)? * self.alpha)?)?;
