@@ -2,7 +2,7 @@
 //!
 //! candle-nn's `VarMap` draws initial weights from an unseeded thread RNG. [`SeededVarMap`] is a drop-in
 //! backend for `VarBuilder` that honours the same `Init` hints (constant, normal, uniform, Kaiming) but
-//! draws from the crate's [`Rng`](crate::Rng): build your model with `candle_nn::linear(.., vb)` as
+//! draws from the crate's [`Rng`]: build your model with `candle_nn::linear(.., vb)` as
 //! usual and the same seed gives the same weights. Book: "Introduction", section "How a result is checked" (fixed seeds).
 
 use crate::{Result, Rng};

@@ -4,7 +4,7 @@
 //! environment variable `CANDLE_GRAD_DO_NOT_DETACH` is set, read once per thread at its first backward
 //! pass. Without it, gradient penalty, Hessian-vector products and a trained Hutchinson estimate come out
 //! silently wrong. Every function of advtrain that differentiates a gradient calls [`require`] first and
-//! returns [`Error::SecondOrderDisabled`](crate::Error::SecondOrderDisabled) instead of a wrong number.
+//! returns [`Error::SecondOrderDisabled`] instead of a wrong number.
 //! Book: "Introduction", section "Two facts about candle", and "FGM and gradient penalty", section
 //! "Computing the penalty's gradient".
 

@@ -1,7 +1,7 @@
 //! A BERT-style transformer text classifier, trained from scratch (a small configuration) or
 //! initialised from all-MiniLM-L6-v2's safetensors (tensor names as in BERT, without a `bert.` prefix).
 //!
-//! Every layer norm is advtrain's differentiable [`LayerNorm`](crate::ops::LayerNorm) and attention
+//! Every layer norm is advtrain's differentiable [`LayerNorm`] and attention
 //! uses the differentiable softmax: candle-nn's fused versions pass no gradient, so an embedding-level
 //! perturbation would receive none (candle-transformers' BERT has that problem). The perturbation
 //! target is the word-embedding lookup, before position embeddings and the embedding layer norm, as in
