@@ -396,10 +396,8 @@ impl Target {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
-        self.check_delta(delta)?;
-        let var = Var::from_tensor(&delta.detach())?;
-        let point = self.perturb(var.as_tensor())?;
-        self.gradient_through(loss_fn, &point, var.as_tensor().clone(), false)
+        let (point, probe) = self.perturbed_probe(delta)?;
+        self.gradient_through(loss_fn, &point, probe, false)
     }
 
     /// [`Target::loss_and_gradient_at`] for a pass that needs the gradient with respect to `delta`
@@ -409,12 +407,17 @@ impl Target {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
+        let (point, probe) = self.perturbed_probe(delta)?;
+        let loss = scalar_loss(loss_fn(&point)?)?;
+        let grads = crate::fused::backward_for(&loss, &[&probe])?;
+        self.point_gradient_from(loss, grads, probe, false)
+    }
+
+    /// `(point + mask * var, var)` with `var` a variable holding `delta`'s values.
+    fn perturbed_probe(&self, delta: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check_delta(delta)?;
         let var = Var::from_tensor(&delta.detach())?;
-        let point = self.perturb(var.as_tensor())?;
-        let loss = scalar_loss(loss_fn(&point)?)?;
-        let grads = crate::fused::backward_for(&loss, &[var.as_tensor()])?;
-        self.point_gradient_from(loss, grads, var.as_tensor().clone(), false)
+        Ok((self.perturb(var.as_tensor())?, var.as_tensor().clone()))
     }
 
     /// The loss at `point` (built from `probe`), its backward pass, and the gradient at `probe`, which

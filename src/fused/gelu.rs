@@ -127,43 +127,21 @@ macro_rules! gelu_form {
             }
         }
 
-        impl CustomOp2 for $first {
-            fn name(&self) -> &'static str {
-                concat!($name, "-grad")
-            }
-            fn cpu_fwd(
-                &self,
-                s1: &CpuStorage,
-                l1: &Layout,
-                s2: &CpuStorage,
-                l2: &Layout,
-            ) -> candle_core::Result<(CpuStorage, Shape)> {
-                let out = dispatch2!(concat!($name, "-grad"), s1, l1, s2, l2, scaled, $f1);
-                Ok((out, l1.shape().clone()))
-            }
-            fn bwd(
-                &self,
-                x: &Tensor,
-                w: &Tensor,
-                _: &Tensor,
-                u: &Tensor,
-            ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-                let u = u.contiguous()?;
-                let grad_x = match needs_gradient(x) {
-                    true => Some(x.apply_op2(&(w * &u)?, $second)?),
-                    false => None,
-                };
-                let grad_w = match needs_gradient(w) {
-                    true => Some(x.apply_op2(&u, $first)?),
-                    false => None,
-                };
-                Ok((grad_x, grad_w))
-            }
-        }
+        scaled_derivative_op!($first, concat!($name, "-grad"), $f1, |x, w, u| x
+            .apply_op2(&(w * u)?, $second)?);
+        scaled_derivative_op!($second, concat!($name, "-grad2"), $f2, |x, w, u| ((w
+            * u)?
+            * $f3(x)?)?);
+    };
+}
 
-        impl CustomOp2 for $second {
+/// `$op(x, w) = w f(x)` as a fused op. Its backward for an incoming `u` is `$grad_x` (with `x`, `w`
+/// and `u` bound to the names given) for `x`, and `$op(x, u)` for `w`.
+macro_rules! scaled_derivative_op {
+    ($op:ident, $name:expr, $f:ident, |$x:ident, $w:ident, $u:ident| $grad_x:expr) => {
+        impl CustomOp2 for $op {
             fn name(&self) -> &'static str {
-                concat!($name, "-grad2")
+                $name
             }
             fn cpu_fwd(
                 &self,
@@ -172,23 +150,23 @@ macro_rules! gelu_form {
                 s2: &CpuStorage,
                 l2: &Layout,
             ) -> candle_core::Result<(CpuStorage, Shape)> {
-                let out = dispatch2!(concat!($name, "-grad2"), s1, l1, s2, l2, scaled, $f2);
+                let out = dispatch2!($name, s1, l1, s2, l2, scaled, $f);
                 Ok((out, l1.shape().clone()))
             }
             fn bwd(
                 &self,
-                x: &Tensor,
-                w: &Tensor,
+                $x: &Tensor,
+                $w: &Tensor,
                 _: &Tensor,
                 u: &Tensor,
             ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-                let u = u.contiguous()?;
-                let grad_x = match needs_gradient(x) {
-                    true => Some(((w * &u)? * $f3(x)?)?),
+                let $u = &u.contiguous()?;
+                let grad_x = match needs_gradient($x) {
+                    true => Some($grad_x),
                     false => None,
                 };
-                let grad_w = match needs_gradient(w) {
-                    true => Some(x.apply_op2(&u, $second)?),
+                let grad_w = match needs_gradient($w) {
+                    true => Some($x.apply_op2($u, $op)?),
                     false => None,
                 };
                 Ok((grad_x, grad_w))
