@@ -29,6 +29,8 @@ class Worker:
         env = dict(os.environ)
         if tuned_malloc:
             env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+        else:
+            env.pop("GLIBC_TUNABLES", None)
         env["CANDLE_GRAD_DO_NOT_DETACH"] = "1" if second_order else "0"
         env["RAYON_NUM_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = str(threads)

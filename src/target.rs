@@ -56,6 +56,15 @@ pub struct Target {
     var: Option<Var>,
 }
 
+/// Which gradients a pass of [`Target`] must produce.
+#[derive(Clone, Copy)]
+enum Gradients {
+    /// Every variable's.
+    Every,
+    /// The probe's; the fused ops skip the weights' ([`crate::fused::backward_for`]).
+    PointOnly,
+}
+
 /// Where each token of a batch sits among the rows of a [`Target::embedding_rows`] target.
 #[derive(Clone, Debug)]
 pub struct RowLookup {
@@ -352,8 +361,8 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (point, probe) = self.probe_point()?;
-        // A weight's gradient is also the weight's own update: it stays in the store.
-        self.gradient_through(loss_fn, &point, probe, self.var.is_some())
+        let keep = self.probe_is_weight();
+        self.gradient_through(loss_fn, &point, probe, keep, Gradients::Every)
     }
 
     /// One forward and one backward pass for the loss and dLoss/dPoint only: the fused ops
@@ -366,9 +375,8 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (point, probe) = self.probe_point()?;
-        let loss = scalar_loss(loss_fn(&point)?)?;
-        let grads = crate::fused::backward_for(&loss, &[&probe])?;
-        self.point_gradient_from(loss, grads, probe, self.var.is_some())
+        let keep = self.probe_is_weight();
+        self.gradient_through(loss_fn, &point, probe, keep, Gradients::PointOnly)
     }
 
     /// Every variable's gradient of `objective`, an objective built from `point_gradient`'s loss and
@@ -380,7 +388,7 @@ impl Target {
         objective: &Tensor,
         point_gradient: &PointGradient,
     ) -> Result<GradStore> {
-        if self.var.is_some() {
+        if self.probe_is_weight() {
             return Ok(objective.backward()?);
         }
         let probe = &point_gradient.probe;
@@ -397,7 +405,7 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (point, probe) = self.perturbed_probe(delta)?;
-        self.gradient_through(loss_fn, &point, probe, false)
+        self.gradient_through(loss_fn, &point, probe, false, Gradients::Every)
     }
 
     /// [`Target::loss_and_gradient_at`] for a pass that needs the gradient with respect to `delta`
@@ -408,9 +416,13 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let (point, probe) = self.perturbed_probe(delta)?;
-        let loss = scalar_loss(loss_fn(&point)?)?;
-        let grads = crate::fused::backward_for(&loss, &[&probe])?;
-        self.point_gradient_from(loss, grads, probe, false)
+        self.gradient_through(loss_fn, &point, probe, false, Gradients::PointOnly)
+    }
+
+    /// Whether the probe is the weight itself, whose gradient is also its update and so stays in
+    /// the gradient store.
+    fn probe_is_weight(&self) -> bool {
+        self.var.is_some()
     }
 
     /// `(point + mask * var, var)` with `var` a variable holding `delta`'s values.
@@ -420,31 +432,25 @@ impl Target {
         Ok((self.perturb(var.as_tensor())?, var.as_tensor().clone()))
     }
 
-    /// The loss at `point` (built from `probe`), its backward pass, and the gradient at `probe`, which
-    /// is removed from the store unless `keep_probe`.
+    /// The loss at `point` (built from `probe`), its backward pass (for every variable, or for the
+    /// probe alone as far as the fused ops can skip the rest), and the gradient at `probe`, which is
+    /// removed from the store unless `keep_probe`.
     fn gradient_through<F>(
         &self,
         loss_fn: &F,
         point: &Tensor,
         probe: Tensor,
         keep_probe: bool,
+        wanted: Gradients,
     ) -> Result<PointGradient>
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let loss = scalar_loss(loss_fn(point)?)?;
-        let grads = loss.backward()?;
-        self.point_gradient_from(loss, grads, probe, keep_probe)
-    }
-
-    /// Takes the gradient at `probe` out of `grads` (or copies it, when `keep_probe`).
-    fn point_gradient_from(
-        &self,
-        loss: Tensor,
-        mut grads: GradStore,
-        probe: Tensor,
-        keep_probe: bool,
-    ) -> Result<PointGradient> {
+        let mut grads = match wanted {
+            Gradients::Every => loss.backward()?,
+            Gradients::PointOnly => crate::fused::backward_for(&loss, &[&probe])?,
+        };
         let gradient = if keep_probe {
             grads.get(&probe).cloned()
         } else {

@@ -83,17 +83,15 @@ pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.3);
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = [
+    const P: [f32; 6] = [
         1.987_569_1e-4,
         1.398_2e-3,
         8.333_452e-3,
         4.166_579_6e-2,
         0.166_666_65,
         0.5,
-    ]
-    .iter()
-    .skip(1)
-    .fold(1.987_569_1e-4, |p, &c| p * r + c);
+    ];
+    let p = P.iter().skip(1).fold(P[0], |p, &c| p * r + c);
     let y = p * r * r + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
@@ -169,46 +167,32 @@ macro_rules! dispatch2 {
 
 pub(crate) use {dispatch1, dispatch2};
 
-/// Applies `f` to every element, vectorised with AVX2 and FMA where the CPU has them.
+/// Runs `body` compiled for AVX2 and FMA where the CPU has them, so that the loop it inlines
+/// vectorises; as plain code elsewhere.
+#[inline(always)]
+fn vectorised<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { with_avx2(body) };
+    }
+    body()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
+/// Applies `f` to every element, vectorised.
 pub(crate) fn map<T: Real>(v: &[T], f: impl Fn(T) -> T) -> Vec<T> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { map_avx2(v, f) };
-    }
-    map_portable(v, f)
+    vectorised(|| v.iter().map(|&x| f(x)).collect())
 }
 
-#[inline(always)]
-fn map_portable<T: Real>(v: &[T], f: impl Fn(T) -> T) -> Vec<T> {
-    v.iter().map(|&x| f(x)).collect()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn map_avx2<T: Real>(v: &[T], f: impl Fn(T) -> T) -> Vec<T> {
-    map_portable(v, f)
-}
-
-/// Applies `f(a, b)` to every pair of elements, vectorised like [`map`].
+/// Applies `f(a, b)` to every pair of elements, vectorised.
 pub(crate) fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { zip_map_avx2(a, b, f) };
-    }
-    zip_map_portable(a, b, f)
-}
-
-#[inline(always)]
-fn zip_map_portable<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
-    a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn zip_map_avx2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
-    zip_map_portable(a, b, f)
+    vectorised(|| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect())
 }
 
 /// Applies `f(row, out)` to every row of length `n` (the last dimension).

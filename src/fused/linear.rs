@@ -252,11 +252,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         }
     }
     if !x.device().is_cpu() {
-        let y = x.broadcast_matmul(&weight.t()?)?;
-        return Ok(match bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        });
+        return crate::ops::affine(x.broadcast_matmul(&weight.t()?)?, None, bias);
     }
     let rows = x.elem_count() / inputs;
     let flat = if dims.len() == 2 {
