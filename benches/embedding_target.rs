@@ -7,6 +7,7 @@
 //! rounds; run with `cargo bench --bench embedding_target [-- --rounds N]`.
 
 use advtrain::toy::EmbeddingClassifier;
+use advtrain::{Batch, Method};
 use advtrain::{Fgm, GradientPenalty, Rng, Target};
 use candle_core::{DType, Device, Tensor};
 use std::hint::black_box;
@@ -24,8 +25,12 @@ fn step(method: &str, model: &EmbeddingClassifier, ids: &Tensor, mask: &Tensor, 
         "fgm_matrix" | "gp_matrix" => {
             let target = Target::embedding_matrix(matrix).unwrap();
             match method {
-                "fgm_matrix" => Fgm::new(0.5).unwrap().step(&target, &whole),
-                _ => GradientPenalty::new(0.5).unwrap().step(&target, &whole),
+                "fgm_matrix" => Fgm::new(0.5)
+                    .unwrap()
+                    .step(&Batch::new(&target, &whole), &mut Rng::new(0)),
+                _ => GradientPenalty::new(0.5)
+                    .unwrap()
+                    .step(&Batch::new(&target, &whole), &mut Rng::new(0)),
             }
             .unwrap()
             .grads
@@ -34,8 +39,12 @@ fn step(method: &str, model: &EmbeddingClassifier, ids: &Tensor, mask: &Tensor, 
             let (target, lookup) = Target::embedding_rows(matrix, ids).unwrap();
             let rows = |r: &Tensor| model.loss_from_embeddings(&lookup.embed(r)?, mask, y);
             match method {
-                "fgm_rows" => Fgm::new(0.5).unwrap().step(&target, &rows),
-                _ => GradientPenalty::new(0.5).unwrap().step(&target, &rows),
+                "fgm_rows" => Fgm::new(0.5)
+                    .unwrap()
+                    .step(&Batch::new(&target, &rows), &mut Rng::new(0)),
+                _ => GradientPenalty::new(0.5)
+                    .unwrap()
+                    .step(&Batch::new(&target, &rows), &mut Rng::new(0)),
             }
             .unwrap()
             .grads

@@ -20,16 +20,17 @@
 //! turn. Without, `cargo bench --bench side_by_side` prints advtrain's own table (candle vs fused).
 
 use advtrain::init::SeededVarMap;
+use advtrain::{Batch, Method};
 use advtrain::{Fgm, GradientPenalty, Laplacian, Rng, Target, fused, ops};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-type Unary = fn(&Tensor) -> advtrain::Result<Tensor>;
-type Norm = fn(&Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> advtrain::Result<Tensor>;
-type Loss = fn(&Tensor, &Tensor) -> advtrain::Result<Tensor>;
-type Layer = fn(&Tensor, &Linear) -> advtrain::Result<Tensor>;
+type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
+type Norm = fn(&Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> candle_core::Result<Tensor>;
+type Loss = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+type Layer = fn(&Tensor, &Linear) -> candle_core::Result<Tensor>;
 
 /// The elementwise and row-wise operations a variant uses.
 #[derive(Clone, Copy)]
@@ -41,20 +42,20 @@ struct Ops {
     cross_entropy: Loss,
 }
 
-fn candle_gelu(x: &Tensor) -> advtrain::Result<Tensor> {
-    Ok(x.gelu_erf()?)
+fn candle_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.gelu_erf()
 }
 
-fn candle_linear(x: &Tensor, layer: &Linear) -> advtrain::Result<Tensor> {
-    Ok(layer.forward(x)?)
+fn candle_linear(x: &Tensor, layer: &Linear) -> candle_core::Result<Tensor> {
+    layer.forward(x)
 }
 
-fn fused_linear(x: &Tensor, layer: &Linear) -> advtrain::Result<Tensor> {
+fn fused_linear(x: &Tensor, layer: &Linear) -> candle_core::Result<Tensor> {
     fused::linear(x, layer.weight(), layer.bias())
 }
 
-fn candle_cross_entropy(z: &Tensor, y: &Tensor) -> advtrain::Result<Tensor> {
-    Ok(candle_nn::loss::cross_entropy(z, y)?)
+fn candle_cross_entropy(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::loss::cross_entropy(z, y)
 }
 
 const CANDLE: Ops = Ops {
@@ -108,7 +109,7 @@ impl Mlp {
                 h = (ops.gelu)(&h)?;
             }
         }
-        (ops.cross_entropy)(&h, &self.y)
+        Ok((ops.cross_entropy)(&h, &self.y)?)
     }
 }
 
@@ -213,7 +214,10 @@ impl Embedding {
         let h = norm(&h, &self.norm)?;
         let m = self.mask.unsqueeze(2)?;
         let pooled = h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
-        (ops.cross_entropy)(&(ops.linear)(&pooled, &self.classifier)?, &self.y)
+        Ok((ops.cross_entropy)(
+            &(ops.linear)(&pooled, &self.classifier)?,
+            &self.y,
+        )?)
     }
 }
 
@@ -237,9 +241,11 @@ fn step(
             std::hint::black_box(value.backward()?);
             return Ok(value.to_scalar::<f32>()?);
         }
-        "fgm" => Fgm::new(0.5)?.step(target, loss)?,
-        "gradient_penalty" => GradientPenalty::new(0.5)?.step(target, loss)?,
-        "hutchinson_1" => Laplacian::new(0.1)?.step(target, loss, rng)?,
+        "fgm" => Fgm::new(0.5)?.step(&Batch::new(target, loss), &mut Rng::new(0))?,
+        "gradient_penalty" => {
+            GradientPenalty::new(0.5)?.step(&Batch::new(target, loss), &mut Rng::new(0))?
+        }
+        "hutchinson_1" => Laplacian::new(0.1)?.step(&Batch::new(target, loss), rng)?,
         other => {
             return Err(advtrain::Error::InvalidArgument {
                 name: "method",

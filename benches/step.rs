@@ -8,6 +8,7 @@
 //! (as `.cargo/config.toml` sets it), as gradient penalty needs.
 
 use advtrain::toy::{Activation, EmbeddingClassifier, Mlp, TokenBatch, classification_batch};
+use advtrain::{Batch, Method};
 use advtrain::{
     CurvatureMethod, Fgm, FreeAt, FreeLb, GradientPenalty, Laplacian, PenaltyMethod, Pgd, Rng,
     Smart, SmartDivergence, Target, Vat, Yopo,
@@ -60,11 +61,17 @@ fn run_method(name: &str, target: &Target, c: &Closures, free_at: &mut FreeAt, r
     let loss = &c.loss;
     let grads = match name {
         "plain" => target.loss(loss).unwrap().backward().unwrap(),
-        "fgm" => Fgm::new(0.5).unwrap().step(target, loss).unwrap().grads,
+        "fgm" => {
+            Fgm::new(0.5)
+                .unwrap()
+                .step(&Batch::new(target, loss), &mut Rng::new(0))
+                .unwrap()
+                .grads
+        }
         "gradient_penalty" => {
             GradientPenalty::new(0.5)
                 .unwrap()
-                .step(target, loss)
+                .step(&Batch::new(target, loss), &mut Rng::new(0))
                 .unwrap()
                 .grads
         }
@@ -73,14 +80,14 @@ fn run_method(name: &str, target: &Target, c: &Closures, free_at: &mut FreeAt, r
                 .unwrap()
                 .with_method(PenaltyMethod::FiniteDifference { h: 1e-2 })
                 .unwrap()
-                .step(target, loss)
+                .step(&Batch::new(target, loss), &mut Rng::new(0))
                 .unwrap()
                 .grads
         }
         "hutchinson_1" => {
             Laplacian::new(0.1)
                 .unwrap()
-                .step(target, loss, rng)
+                .step(&Batch::new(target, loss), rng)
                 .unwrap()
                 .grads
         }
@@ -89,36 +96,44 @@ fn run_method(name: &str, target: &Target, c: &Closures, free_at: &mut FreeAt, r
                 .unwrap()
                 .with_method(CurvatureMethod::FiniteDifference { h: 1e-1 })
                 .unwrap()
-                .step(target, loss, rng)
+                .step(&Batch::new(target, loss), rng)
                 .unwrap()
                 .grads
         }
         "pgd_3" => {
             Pgd::new(0.5, 0.2, 3)
                 .unwrap()
-                .step(target, &loss, rng)
+                .step(&Batch::new(target, &loss), rng)
                 .unwrap()
                 .grads
         }
-        "freeat_replay" => free_at.step(target, &loss).unwrap().grads,
+        "freeat_replay" => {
+            free_at
+                .step(&Batch::new(target, &loss), &mut Rng::new(0))
+                .unwrap()
+                .grads
+        }
         "yopo_3_3" => {
             Yopo::new(0.05, 0.02, 3, 3)
                 .unwrap()
-                .step(target, &c.first, &c.rest, rng)
+                .step(
+                    &Batch::new(target, &c.rest).with_first_layer(&c.first, &c.rest),
+                    rng,
+                )
                 .unwrap()
                 .grads
         }
         "freelb_3" => {
             FreeLb::new(0.1, 3)
                 .unwrap()
-                .step(target, &loss, rng)
+                .step(&Batch::new(target, &loss), rng)
                 .unwrap()
                 .grads
         }
         "smart" => {
             Smart::new(1.0, SmartDivergence::SymmetricKl)
                 .unwrap()
-                .step(target, &c.logits, &c.task, rng)
+                .step(&Batch::with_outputs(target, &c.logits, &c.task), rng)
                 .unwrap()
                 .grads
         }
@@ -127,7 +142,7 @@ fn run_method(name: &str, target: &Target, c: &Closures, free_at: &mut FreeAt, r
                 .unwrap()
                 .with_xi(1e-2)
                 .unwrap()
-                .step(target, &c.logits, &c.task, rng)
+                .step(&Batch::with_outputs(target, &c.logits, &c.task), rng)
                 .unwrap()
                 .grads
         }

@@ -3,19 +3,21 @@
 //! `cargo run --release --example embedding_methods`
 //!
 //! A small transformer-style classifier (advtrain::toy::EmbeddingClassifier, f32) is trained on four
-//! fixed batches of padded token sequences, once per method, with the same seed. Dropout on the
+//! fixed batches of padded token sequences, once per method, with the same seed. One loop serves every
+//! method through `advtrain::Method`: the method is the one value that changes (see `method`), and
+//! "fgm + vat" composes FGM with VAT's regulariser. Dropout on the
 //! embeddings uses a mask held fixed across each batch's ascent steps. The loop prints the clean loss
 //! before and after, and the passes each step cost; it exits non-zero if a method fails to lower the loss.
 
 use advtrain::toy::{EmbeddingClassifier, TokenBatch};
 use advtrain::{
-    Fgm, FreeAt, FreeLb, GradientPenalty, HeldDropout, Pgd, Rng, Smart, SmartDivergence, Step,
-    Target, Vat, Yopo,
+    Batch, Fgm, FreeAt, FreeLb, GradientPenalty, HeldDropout, Method, Pgd, Plain, Rng, Smart,
+    SmartDivergence, Target, Vat, WithRegulariser, Yopo,
 };
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
 
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 10] = [
     "plain",
     "fgm",
     "gradient penalty",
@@ -25,7 +27,36 @@ const METHODS: [&str; 9] = [
     "freelb-3",
     "smart",
     "vat",
+    "fgm + vat",
 ];
+
+/// The method for a name: switching method in the loop below is this one value.
+fn method(name: &str) -> advtrain::Result<Box<dyn Method>> {
+    Ok(match name {
+        "plain" => Box::new(Plain),
+        "fgm" => Box::new(Fgm::new(0.5)?),
+        "gradient penalty" => Box::new(GradientPenalty::new(0.5)?),
+        "pgd-3" => Box::new(Pgd::new(0.5, 0.2, 3)?),
+        "freeat-3" => Box::new(FreeAt::new(0.05, 3)?),
+        "yopo-3-3" => Box::new(Yopo::new(0.05, 0.02, 3, 3)?),
+        "freelb-3" => Box::new(
+            FreeLb::new(0.1, 3)?
+                .with_init_mag(0.05)?
+                .with_max_norm(0.5)?,
+        ),
+        "smart" => Box::new(Smart::new(1.0, SmartDivergence::SymmetricKl)?),
+        "vat" => Box::new(Vat::new(0.5)?.with_xi(1e-2)?),
+        // Semi-supervised style: FGM's adversarial loss plus VAT's smoothness.
+        "fgm + vat" => Box::new(Fgm::new(0.5)?.with(Vat::new(0.5)?.with_xi(1e-2)?)),
+        other => {
+            return Err(advtrain::Error::InvalidArgument {
+                name: "method",
+                reason: format!("unknown method {other:?}"),
+                fix: format!("use one of {METHODS:?}"),
+            });
+        }
+    })
+}
 
 fn mean_clean_loss(model: &EmbeddingClassifier, batches: &[TokenBatch]) -> advtrain::Result<f32> {
     let mut total = 0.0;
@@ -36,7 +67,7 @@ fn mean_clean_loss(model: &EmbeddingClassifier, batches: &[TokenBatch]) -> advtr
     Ok(total / batches.len() as f32)
 }
 
-fn train(method: &str, device: &Device) -> advtrain::Result<(f32, f32, advtrain::Passes)> {
+fn train(name: &str, device: &Device) -> advtrain::Result<(f32, f32, advtrain::Passes)> {
     let device = device.clone();
     let model = EmbeddingClassifier::new(200, 32, 4, 1, DType::F32, &device)?;
     let mut rng = Rng::new(2);
@@ -45,10 +76,7 @@ fn train(method: &str, device: &Device) -> advtrain::Result<(f32, f32, advtrain:
         .collect::<Result<_, _>>()?;
     let mut opt = candle_nn::AdamW::new_lr(model.vars(), 3e-3)?;
     let dropout = HeldDropout::new(0.1)?;
-    let mut free_at = FreeAt::new(0.05, 3)?;
-    let mut freelb = FreeLb::new(0.1, 3)?
-        .with_init_mag(0.05)?
-        .with_max_norm(0.5)?;
+    let mut method = method(name)?;
     let before = mean_clean_loss(&model, &batches)?;
     let mut passes = advtrain::Passes::default();
     for _epoch in 0..15 {
@@ -64,51 +92,16 @@ fn train(method: &str, device: &Device) -> advtrain::Result<(f32, f32, advtrain:
                 model.logits_from_embeddings(&dropout.forward(e, true)?, &b.mask)
             };
             let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, &b.labels);
-            let loss = |e: &Tensor| task(&logits(e)?);
-            let embeddings = model.embed(&b.ids)?;
-            let target = Target::embedding_output(&embeddings, Some(&b.mask))?;
-            let steps: Vec<Step> = match method {
-                "plain" => {
-                    opt.step(&target.loss(&loss)?.backward()?)?;
-                    passes = advtrain::Passes {
-                        forward: 1,
-                        backward: 1,
-                        double_backward: 0,
-                    };
-                    continue;
-                }
-                "fgm" => vec![Fgm::new(0.5)?.step(&target, &loss)?],
-                "gradient penalty" => vec![GradientPenalty::new(0.5)?.step(&target, &loss)?],
-                "pgd-3" => vec![Pgd::new(0.5, 0.2, 3)?.step(&target, &loss, &mut rng)?],
-                "freeat-3" => {
-                    // m replays of the batch, an optimiser update after each.
-                    let mut replays = Vec::new();
-                    for _ in 0..free_at.replays() {
-                        let step = free_at.step(&target, &loss)?;
-                        opt.step(&step.grads)?;
-                        replays.push(step);
-                    }
-                    passes = replays[0].passes;
-                    continue;
-                }
-                "yopo-3-3" => {
-                    let first = |e: &Tensor| model.first_block(&dropout.forward(e, true)?, &b.mask);
-                    let rest = |h: &Tensor| task(&model.head_logits(h, &b.mask)?);
-                    vec![Yopo::new(0.05, 0.02, 3, 3)?.step(&target, &first, &rest, &mut rng)?]
-                }
-                "freelb-3" => vec![freelb.step(&target, &loss, &mut rng)?],
-                "smart" => vec![
-                    Smart::new(1.0, SmartDivergence::SymmetricKl)?
-                        .step(&target, &logits, &task, &mut rng)?,
-                ],
-                "vat" => vec![
-                    Vat::new(0.5)?
-                        .with_xi(1e-2)?
-                        .step(&target, &logits, &task, &mut rng)?,
-                ],
-                other => unreachable!("{other}"),
-            };
-            for step in steps {
+            // YOPO's split: the first block, then the rest of the model and the loss.
+            let first = |e: &Tensor| model.first_block(&dropout.forward(e, true)?, &b.mask);
+            let rest = |h: &Tensor| task(&model.head_logits(h, &b.mask)?);
+            // FreeAT replays the batch, with an optimiser update after each replay.
+            for _ in 0..method.replays() {
+                let embeddings = model.embed(&b.ids)?;
+                let target = Target::embedding_output(&embeddings, Some(&b.mask))?;
+                let batch =
+                    Batch::with_outputs(&target, &logits, &task).with_first_layer(&first, &rest);
+                let step = method.step(&batch, &mut rng)?;
                 passes = step.passes;
                 opt.step(&step.grads)?;
             }

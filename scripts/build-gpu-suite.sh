@@ -71,10 +71,10 @@ for line in sys.stdin:
   [[ -n "$path" && -x "$path" ]] || die "cargo built no executable for $name"
   echo "$path"
 }
-BIN=$(built gpu test --release --test gpu)
+BIN=$(built gpu test --release -p advtrain --test gpu)
 
-echo "== building the step-timing bench (benches/gpu_step.rs) with the same features"
-BENCH=$(built gpu_step bench --bench gpu_step)
+echo "== building the step-timing bench (experiments/benches/gpu_step.rs) with the same features"
+BENCH=$(built gpu_step bench -p advtrain-experiments --bench gpu_step)
 
 mkdir -p "$OUT"
 cp "$BIN" "$OUT/advtrain-gpu-suite"

@@ -16,7 +16,7 @@ if ! "$venv/bin/python" -c "import jax; assert jax.__version__ == '$JAX_VERSION'
     "$venv/bin/pip" install --quiet "jax==$JAX_VERSION" "jaxlib==$JAX_VERSION"
 fi
 # Build the bench and find its executable from cargo's own report of it.
-bench=$(CANDLE_GRAD_DO_NOT_DETACH=1 cargo bench --bench side_by_side --no-run --message-format=json 2>/dev/null |
+bench=$(CANDLE_GRAD_DO_NOT_DETACH=1 cargo bench -p advtrain --bench side_by_side --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -1,15 +1,17 @@
 //! Every equivalence of the book as a runnable check, with the measured figure and a pass/fail.
 //!
-//! The `advtrain` binary prints [`all`] as a table; `tests/equivalence.rs` asserts each one; the
+//! The `advtrain` binary prints [`all`] as a table; `tests/suite/equivalence.rs` asserts each one; the
 //! notebooks draw their figures from the same functions. Asymptotic identities are checked by the
 //! fitted order of convergence of the error (a log-log slope over two or more decades), unbiased
 //! estimators by a z-score against the exact value. All in f64 on the CPU, fixed seeds.
 
-use crate::fgm::{Fgm, Objective};
+use crate::Method;
+use crate::fgm::Fgm;
 use crate::gradient_penalty::{GradientPenalty, PenaltyMethod};
 use crate::laplacian::{self, CurvatureMethod, ProbeKind};
 use crate::norm::{Scope, StepNorm};
 use crate::spectral_norm::{self, SpectralNorm};
+use crate::step::Objective;
 use crate::target::Target;
 use crate::target_shift::{self, Divergence};
 use crate::toy::{self, Activation, Mlp, Setup};
@@ -41,7 +43,7 @@ pub struct Check {
 }
 
 /// Where a check runs: a device and a float type. The f64 CPU placement is the reference; the GPU
-/// suite (`tests/gpu.rs`) runs the same checks on CUDA in f32 and f64.
+/// suite (`tests/suite/gpu.rs`) runs the same checks on CUDA in f32 and f64.
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub device: Device,
@@ -148,11 +150,11 @@ pub fn fgm_and_penalty_gradients(
     let fgm = Fgm::new(eps)?
         .with_norm(norm)
         .with_objective(Objective::AdversarialOnly)
-        .step(&problem.target, &problem.loss)?;
+        .step(&problem.batch(), &mut Rng::new(0))?;
     let penalty = GradientPenalty::new(eps)?
         .with_norm(norm)
         .with_method(method)?
-        .step(&problem.target, &problem.loss)?;
+        .step(&problem.batch(), &mut Rng::new(0))?;
     Ok((
         flat_gradient(&problem.vars, &fgm.grads)?,
         flat_gradient(&problem.vars, &penalty.grads)?,
@@ -530,7 +532,7 @@ pub fn penalty_finite_difference_converges(setup: Setup) -> Result<Check> {
     let norm = StepNorm::Raw;
     let exact = GradientPenalty::new(eps)?
         .with_norm(norm)
-        .step(&problem.target, &problem.loss)?;
+        .step(&problem.batch(), &mut Rng::new(0))?;
     let exact = flat_gradient(&problem.vars, &exact.grads)?;
     let steps = finite_difference_steps();
     let mut errors = Vec::new();
@@ -539,7 +541,7 @@ pub fn penalty_finite_difference_converges(setup: Setup) -> Result<Check> {
         let fd = GradientPenalty::new(eps)?
             .with_norm(norm)
             .with_method(PenaltyMethod::FiniteDifference { h })?
-            .step(&problem.target, &problem.loss)?;
+            .step(&problem.batch(), &mut Rng::new(0))?;
         let fd = flat_gradient(&problem.vars, &fd.grads)?;
         errors.push(l2_norm(&(&fd - &exact)?)?);
         shown = l2_norm(&fd)?;

@@ -10,6 +10,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// What went wrong, with the argument at fault and how to fix it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A numeric or structural argument is out of its domain (eps < 0, NaN, K = 0, ...).
     #[error("invalid argument `{name}`: {reason}; fix: {fix}")]
@@ -112,7 +113,7 @@ impl Error {
 }
 
 /// Checks that a scalar parameter is finite and non-negative.
-pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
+pub fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() || value < 0.0 {
         return Err(Error::InvalidArgument {
             name,
@@ -124,7 +125,7 @@ pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
 }
 
 /// Checks that a scalar parameter is finite and strictly positive.
-pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
+pub fn check_positive(name: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() || value <= 0.0 {
         return Err(Error::InvalidArgument {
             name,
@@ -136,7 +137,7 @@ pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
 }
 
 /// Checks that a count is at least one.
-pub(crate) fn check_count(name: &'static str, value: usize) -> Result<()> {
+pub fn check_count(name: &'static str, value: usize) -> Result<()> {
     if value == 0 {
         return Err(Error::InvalidArgument {
             name,

@@ -8,20 +8,12 @@
 //! Cost: two forward and two backward passes per step. Book chapter: "FGM and gradient penalty".
 
 use crate::error::check_non_negative;
+use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{CleanPass, Passes, Step, combine};
+use crate::step::{CleanPass, Objective, Passes, Step, combine};
 use crate::target::Target;
-use crate::{Result, norm};
+use crate::{Result, Rng};
 use candle_core::Tensor;
-
-/// Which loss the weights are trained on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Objective {
-    /// `L(x + delta)` only.
-    AdversarialOnly,
-    /// `L(x) + L(x + delta)`: the clean gradient plus the adversarial one.
-    CleanPlusAdversarial,
-}
 
 /// The fast gradient method.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +21,6 @@ pub struct Fgm {
     eps: f64,
     norm: StepNorm,
     objective: Objective,
-    allow_zero_gradient: bool,
 }
 
 impl Fgm {
@@ -40,7 +31,6 @@ impl Fgm {
             eps,
             norm: StepNorm::L2(Scope::PerBatch),
             objective: Objective::CleanPlusAdversarial,
-            allow_zero_gradient: false,
         })
     }
 
@@ -61,39 +51,33 @@ impl Fgm {
         self
     }
 
-    /// With `true`, an all-zero gradient gives a zero perturbation instead of an error.
-    pub fn allow_zero_gradient(mut self, allow: bool) -> Self {
-        self.allow_zero_gradient = allow;
-        self
-    }
-
     /// The step size.
     pub fn eps(&self) -> f64 {
         self.eps
     }
 
     /// The step geometry.
-    pub fn norm(&self) -> norm::StepNorm {
+    pub fn norm(&self) -> StepNorm {
         self.norm
     }
 
-    /// The perturbation `eps * d(g)` for a gradient `g` w.r.t. the target's point (detached).
+    /// The perturbation `eps * d(g)` for a gradient `g` w.r.t. the target's point (detached); zero
+    /// where `g` is zero.
     pub fn perturbation(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
-        target.check_gradient_value(g, self.allow_zero_gradient)?;
         Ok((self.norm.direction(target, g)? * self.eps)?)
     }
+}
 
-    /// One training step: clean forward-backward, the perturbation, adversarial forward-backward.
-    pub fn step<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
+impl Method for Fgm {
+    /// Clean forward-backward, the perturbation, adversarial forward-backward.
+    fn step(&mut self, batch: &Batch, _rng: &mut Rng) -> Result<Step> {
+        let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
         // First order only: the clean pass is reduced to values at once (with second order on, candle
         // would otherwise keep its graph alive through the adversarial pass).
-        let clean = CleanPass::from(target.loss_and_gradient(loss_fn)?);
+        let clean = CleanPass::from(target.loss_and_gradient(&loss_fn)?);
+        batch.check_gradient(&clean.gradient)?;
         let delta = self.perturbation(target, &clean.gradient)?;
-        let adversarial = target.loss_at(loss_fn, &delta)?;
-        let adversarial_grads = adversarial.backward()?;
+        let (adversarial, adversarial_grads) = target.gradients_at(&loss_fn, Some(&delta))?;
         let passes = Passes {
             forward: 2,
             backward: 2,

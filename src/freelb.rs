@@ -12,6 +12,7 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
 use crate::step::{CleanPass, Passes, Step, plain, scale_all};
 use crate::target::Target;
@@ -60,15 +61,16 @@ impl FreeLb {
         Ok(self)
     }
 
-    /// `StepNorm::L2(Scope::PerExample)` (per sentence, the default) or `StepNorm::Sign` (L-infinity).
+    /// `StepNorm::L2(Scope::PerExample)` (per sentence, the default), `StepNorm::Sign` (L-infinity),
+    /// or `StepNorm::L2(Scope::PerBatch)` (one norm for the whole point: the embedding-matrix form).
     pub fn with_norm(mut self, norm: StepNorm) -> Result<Self> {
-        if !matches!(norm, StepNorm::L2(Scope::PerExample) | StepNorm::Sign) {
+        if norm == StepNorm::Raw {
             return Err(Error::InvalidArgument {
                 name: "norm",
-                reason: format!(
-                    "FreeLB normalises per sentence (L2) or by sign (L-infinity), got {norm:?}"
-                ),
-                fix: "pass StepNorm::L2(Scope::PerExample) or StepNorm::Sign".into(),
+                reason: "FreeLB normalises its ascent steps, and StepNorm::Raw does not".into(),
+                fix: "pass StepNorm::L2(Scope::PerExample), StepNorm::L2(Scope::PerBatch) or \
+                      StepNorm::Sign"
+                    .into(),
             });
         }
         self.norm = norm;
@@ -98,7 +100,7 @@ impl FreeLb {
                 )?;
                 target.apply_mask(&u)
             }
-            _ => {
+            StepNorm::L2(scope) => {
                 let u = target.apply_mask(&rng.uniform(
                     -1.0,
                     1.0,
@@ -106,10 +108,15 @@ impl FreeLb {
                     p.dtype(),
                     p.device(),
                 )?)?;
-                // len * d per sentence: the number of unmasked entries.
-                let entries = target.per_example_sum(&target.apply_mask(&p.ones_like()?)?)?;
+                // len * d per sentence (or the whole point): the number of unmasked entries.
+                let ones = target.apply_mask(&p.ones_like()?)?;
+                let entries = match scope {
+                    Scope::PerExample => target.per_example_sum(&ones)?,
+                    Scope::PerBatch => ones.sum_all()?,
+                };
                 Ok(u.broadcast_mul(&(entries.sqrt()?.recip()? * self.init_mag)?)?)
             }
+            StepNorm::Raw => unreachable!("with_norm refuses StepNorm::Raw"),
         }
     }
 
@@ -122,29 +129,35 @@ impl FreeLb {
             Ok(moved)
         }
     }
+}
 
+impl Method for FreeLb {
     /// One training step (K forward-backward passes, or one plain pass during warm-up).
-    pub fn step<F>(&mut self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        if !target.has_examples() {
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let target = batch.target();
+        if !target.has_examples() && self.norm == StepNorm::L2(Scope::PerExample) {
             return Err(Error::InvalidArgument {
                 name: "target",
-                reason: "FreeLB normalises per sentence, and a weight target has no sentences"
+                reason: "FreeLB normalises per sentence by default, and a weight target has no \
+                         sentences"
                     .into(),
-                fix: "use Target::embedding_output (or Target::input)".into(),
+                fix: "use Target::embedding_output, or .with_norm(StepNorm::L2(Scope::PerBatch)) \
+                      for the embedding matrix"
+                    .into(),
             });
         }
+        let loss_fn = |p: &Tensor| batch.loss_at(p);
         self.iteration += 1;
         if self.iteration <= self.warmup {
-            return plain(target, loss_fn);
+            return plain(target, &loss_fn);
         }
         let mut delta = self.initial(target, rng)?;
         let mut total: Option<Step> = None;
         for t in 0..self.steps {
-            let pass = CleanPass::from(target.loss_and_gradient_at(loss_fn, &delta)?);
-            target.check_gradient_value(&pass.gradient, true)?;
+            let pass = CleanPass::from(target.loss_and_gradient_at(&loss_fn, &delta)?);
+            if t == 0 {
+                batch.check_gradient(&pass.gradient)?;
+            }
             if t + 1 < self.steps {
                 delta = self.ascend(target, &delta, &pass.gradient)?;
             }

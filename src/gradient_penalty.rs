@@ -6,9 +6,9 @@
 //! article). Two ways to get `grad_theta P`:
 //!
 //! * [`PenaltyMethod::DoubleBackward`]: differentiate the gradient exactly (needs second order on;
-//!   guarded). Cost: one forward, one backward for `dL/dx` alone ([`Target::point_gradient`]: the
-//!   fused linear ops skip the weights' gradients there), and one double backward that takes every
-//!   weight's gradient of `L + eps * P` together ([`Target::objective_gradients`]).
+//!   guarded). Cost: one forward, one backward for `dL/dx` alone (the fused linear ops skip the weights'
+//!   gradients there), and one double backward that takes every
+//!   weight's gradient of `L + eps * P` together.
 //! * [`PenaltyMethod::FiniteDifference`]: `grad_theta P(g) = d/dh grad_theta L(x + h d(g))` at h = 0,
 //!   taken by the central difference `[grad L(x + h d) - grad L(x - h d)] / 2h` (error O(h^2)); first
 //!   order only. Cost: three forward, three backward.
@@ -16,52 +16,52 @@
 //! Book chapter: "FGM and gradient penalty".
 
 use crate::error::{check_non_negative, check_positive};
+use crate::method::{Batch, Method};
 use crate::norm::StepNorm;
+use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step, detach_all};
 use crate::target::Target;
-use crate::{Result, second_order};
+use crate::{Result, Rng, second_order};
 use candle_core::Tensor;
 
 /// How the penalty's weight gradient is computed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PenaltyMethod {
-    /// Exact, by differentiating the gradient (second order).
+    /// Exact, by differentiating the gradient (second order on).
     DoubleBackward,
-    /// Central finite difference of first-order gradients with step `h`.
+    /// Central difference of weight gradients along `d(g)` with step `h` (first order only).
     FiniteDifference {
-        /// Step along the penalty's direction (about 1e-4 in f64, 1e-2 in f32).
+        /// The difference step.
         h: f64,
     },
 }
 
-/// The gradient-penalty regulariser `eps * P(dL/dx)`.
+/// Gradient penalty `eps * P(dL/dx)`.
 #[derive(Clone, Copy, Debug)]
 pub struct GradientPenalty {
     eps: f64,
     norm: StepNorm,
     method: PenaltyMethod,
-    allow_zero_gradient: bool,
 }
 
 impl GradientPenalty {
-    /// `eps/2 * ||g||^2` by double backward.
+    /// Weight `eps` (>= 0), raw penalty `||g||^2 / 2`, exact (double backward).
     pub fn new(eps: f64) -> Result<Self> {
         check_non_negative("eps", eps)?;
         Ok(Self {
             eps,
             norm: StepNorm::Raw,
             method: PenaltyMethod::DoubleBackward,
-            allow_zero_gradient: false,
         })
     }
 
-    /// Sets the penalty: `Raw` is `||g||^2/2`, `L2` is `||g||`, `Sign` is `||g||_1`.
+    /// Sets the geometry, hence the penalty `P`.
     pub fn with_norm(mut self, norm: StepNorm) -> Self {
         self.norm = norm;
         self
     }
 
-    /// Sets how the penalty is differentiated.
+    /// Sets how the penalty's gradient is computed.
     pub fn with_method(mut self, method: PenaltyMethod) -> Result<Self> {
         if let PenaltyMethod::FiniteDifference { h } = method {
             check_positive("h", h)?;
@@ -70,39 +70,16 @@ impl GradientPenalty {
         Ok(self)
     }
 
-    /// With `true`, an all-zero gradient is accepted (penalty 0) instead of an error.
-    pub fn allow_zero_gradient(mut self, allow: bool) -> Self {
-        self.allow_zero_gradient = allow;
-        self
-    }
-
-    /// The penalty `eps * P(g)` for a gradient `g` (differentiable through `g`).
+    /// `eps * P(g)` for a gradient `g` (differentiable in `g`).
     pub fn penalty(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
         Ok((self.norm.penalty(target, g)? * self.eps)?)
     }
 
-    /// One training step on `L + eps * P(dL/dx)`.
-    pub fn step<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        match self.method {
-            PenaltyMethod::DoubleBackward => self.step_double_backward(target, loss_fn),
-            PenaltyMethod::FiniteDifference { h } => {
-                self.step_finite_difference(target, loss_fn, h)
-            }
-        }
-    }
-
-    /// One pass for the point's gradient alone (the fused ops skip the weights'), then one for every
-    /// weight's gradient of `L + P` together, as JAX's `grad` of the whole objective does.
-    fn step_double_backward<F>(&self, target: &Target, loss_fn: &F) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
+    fn step_double_backward(&self, batch: &Batch) -> Result<Step> {
         second_order::require("gradient penalty (double backward)")?;
-        let clean = target.point_gradient(loss_fn)?;
-        target.check_gradient_value(&clean.gradient, self.allow_zero_gradient)?;
+        let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
+        let clean = target.point_gradient(&loss_fn)?;
+        batch.check_gradient(&clean.gradient)?;
         let penalty = self.penalty(target, &clean.gradient)?;
         let objective = (&clean.loss + &penalty)?;
         let mut grads = target.objective_gradients(&objective, &clean)?;
@@ -119,19 +96,17 @@ impl GradientPenalty {
         })
     }
 
-    fn step_finite_difference<F>(&self, target: &Target, loss_fn: &F, h: f64) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let clean = target.loss_and_gradient(loss_fn)?;
-        target.check_gradient_value(&clean.gradient, self.allow_zero_gradient)?;
+    fn step_finite_difference(&self, batch: &Batch, h: f64) -> Result<Step> {
+        let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
+        let clean = target.loss_and_gradient(&loss_fn)?;
+        batch.check_gradient(&clean.gradient)?;
         let clean_loss = clean.loss.detach();
         let mut grads = clean.grads;
         detach_all(&mut grads);
         let g = clean.gradient.detach();
         let d = self.norm.direction(target, &g)?;
-        let plus = target.loss_at(loss_fn, &(&d * h)?)?;
-        let minus = target.loss_at(loss_fn, &(&d * -h)?)?;
+        let plus = target.loss_at(&loss_fn, &(&d * h)?)?;
+        let minus = target.loss_at(&loss_fn, &(&d * -h)?)?;
         let difference = ((plus - minus)? * (self.eps / (2.0 * h)))?;
         let mut difference_grads = difference.backward()?;
         detach_all(&mut difference_grads);
@@ -144,6 +119,35 @@ impl GradientPenalty {
                 forward: 3,
                 backward: 3,
                 double_backward: 0,
+            },
+        })
+    }
+}
+
+impl Method for GradientPenalty {
+    /// One step on `L + eps * P(dL/dx)`.
+    fn step(&mut self, batch: &Batch, _rng: &mut Rng) -> Result<Step> {
+        match self.method {
+            PenaltyMethod::DoubleBackward => self.step_double_backward(batch),
+            PenaltyMethod::FiniteDifference { h } => self.step_finite_difference(batch, h),
+        }
+    }
+}
+
+impl Regulariser for GradientPenalty {
+    /// `eps * P(dL/dx)` with its graph (second order on; the exact form whatever the method set).
+    fn penalty(&self, batch: &Batch, _rng: &mut Rng) -> Result<Penalty> {
+        second_order::require("gradient penalty (double backward)")?;
+        let target = batch.target();
+        let clean = target.loss_and_gradient(&|p: &Tensor| batch.loss_at(p))?;
+        batch.check_gradient(&clean.gradient)?;
+        Ok(Penalty {
+            value: GradientPenalty::penalty(self, target, &clean.gradient)?,
+            // The gradient's pass, and the double backward through it.
+            passes: Passes {
+                forward: 1,
+                backward: 2,
+                double_backward: 1,
             },
         })
     }

@@ -16,9 +16,11 @@
 //! Book chapter: "Noise".
 
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::estimate::{Estimate, scalar};
+use crate::method::{Batch, Method};
+use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step, detach_all};
 use crate::target::{PointGradient, Target};
-use crate::verify::{Estimate, scalar};
 use crate::{Error, Result, Rng, second_order};
 use candle_core::Tensor;
 
@@ -269,58 +271,98 @@ impl Laplacian {
         Ok(self)
     }
 
-    /// One training step on `L + sigma^2/2 * mean_probes v^T H v`. With the exact curvature, the
-    /// gradient and each `H v` come from passes that need the point's gradient only, and one last
-    /// pass takes every weight's gradient of the whole objective.
-    pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
+    /// `sigma^2/2 * mean_probes v^T H v` with its graph, and the loss pass it was built from: the point
+    /// gradient's pass (exact) or the clean loss (finite differences).
+    fn regulariser(&self, batch: &Batch, rng: &mut Rng) -> Result<(Tensor, Clean)> {
         self.method.check()?;
+        let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
         let weight = self.sigma * self.sigma / 2.0 / self.probes as f64;
-        match self.method {
+        let mut total: Option<Tensor> = None;
+        let clean = match self.method {
             CurvatureMethod::DoubleBackward => {
-                let point_gradient = target.point_gradient(loss_fn)?;
-                let mut total_curvature: Option<Tensor> = None;
+                let point_gradient = target.point_gradient(&loss_fn)?;
+                batch.check_gradient(&point_gradient.gradient)?;
                 for _ in 0..self.probes {
                     let v = self.kind.sample(target, rng)?;
                     let q = (&v * hvp_from(&point_gradient, &v)?)?.sum_all()?;
-                    total_curvature = Some(match total_curvature {
+                    total = Some(match total {
                         None => q,
                         Some(acc) => (acc + q)?,
                     });
                 }
-                let regulariser = (total_curvature.expect("probes >= 1") * weight)?;
+                Clean::PointGradient(point_gradient)
+            }
+            CurvatureMethod::FiniteDifference { h } => {
+                let clean = target.loss(&loss_fn)?;
+                for _ in 0..self.probes {
+                    let v = self.kind.sample(target, rng)?;
+                    let q = second_difference(target, &loss_fn, &clean, &v, h)?;
+                    total = Some(match total {
+                        None => q,
+                        Some(acc) => (acc + q)?,
+                    });
+                }
+                Clean::Loss(clean)
+            }
+        };
+        Ok(((total.expect("probes >= 1") * weight)?, clean))
+    }
+
+    fn passes(&self) -> Passes {
+        match self.method {
+            CurvatureMethod::DoubleBackward => Passes {
+                forward: 1,
+                backward: 2 + self.probes,
+                double_backward: 1 + self.probes,
+            },
+            CurvatureMethod::FiniteDifference { .. } => Passes {
+                forward: 1 + 2 * self.probes,
+                backward: 1 + 2 * self.probes,
+                double_backward: 0,
+            },
+        }
+    }
+}
+
+/// The clean pass a Laplacian regulariser was built from.
+enum Clean {
+    PointGradient(PointGradient),
+    Loss(Tensor),
+}
+
+impl Method for Laplacian {
+    /// One training step on `L + sigma^2/2 * mean_probes v^T H v`. With the exact curvature, the
+    /// gradient and each `H v` come from passes that need the point's gradient only, and one last
+    /// pass takes every weight's gradient of the whole objective.
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let (regulariser, clean) = self.regulariser(batch, rng)?;
+        match clean {
+            Clean::PointGradient(point_gradient) => {
                 // Every weight's gradient of L + regulariser in one pass.
                 let objective = (&point_gradient.loss + regulariser)?;
+                let target = batch.target();
                 let mut grads = target.objective_gradients(&objective, &point_gradient)?;
                 detach_all(&mut grads);
                 Ok(Step {
                     loss: objective.detach(),
                     clean_loss: point_gradient.loss.detach(),
                     grads,
-                    passes: Passes {
-                        forward: 1,
-                        backward: 2 + self.probes,
-                        double_backward: 1 + self.probes,
-                    },
+                    passes: self.passes(),
                 })
             }
-            CurvatureMethod::FiniteDifference { h } => {
-                let clean = target.loss(loss_fn)?;
-                let mut objective = clean.clone();
-                for _ in 0..self.probes {
-                    let v = self.kind.sample(target, rng)?;
-                    let q = second_difference(target, loss_fn, &clean, &v, h)?;
-                    objective = (objective + (q * weight)?)?;
-                }
-                let passes = Passes {
-                    forward: 1 + 2 * self.probes,
-                    backward: 1 + 2 * self.probes,
-                    double_backward: 0,
-                };
-                Step::from_objective(&objective, &clean, passes)
+            Clean::Loss(clean) => {
+                Step::from_objective(&(&clean + regulariser)?, &clean, self.passes())
             }
         }
+    }
+}
+
+impl Regulariser for Laplacian {
+    /// The curvature term alone.
+    fn penalty(&self, batch: &Batch, rng: &mut Rng) -> Result<Penalty> {
+        Ok(Penalty {
+            value: self.regulariser(batch, rng)?.0,
+            passes: self.passes(),
+        })
     }
 }

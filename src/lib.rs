@@ -6,26 +6,31 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`target`] | what is perturbed: input, embedding output (with padding mask), embedding matrix / weight |
+//! | [`method`] | one interface for every training method: [`Method::step`] on a [`Batch`]; [`Plain`] |
+//! | [`regulariser`] | penalties that compose with any method: `method.with(regulariser)`, label smoothing |
+//! | [`target`] | what is perturbed: input, embedding output (padding mask), embedding matrix / weight, in place |
 //! | [`noise`] | random noise on inputs, embeddings, weights, labels; the k-sample average |
 //! | [`laplacian`] | noise integrated out: `sigma^2/2 tr(H)` by Hutchinson probes |
 //! | [`target_shift`] | output smoothness `sum_i lambda_i ||grad f_i||^2`, random-projection estimator |
+//! | [`divergence`] | the one KL divergence, and what is built from it |
 //! | [`norm`] | step geometry: FGM direction and its dual penalty |
 //! | [`fgm`] | FGM / FGSM |
 //! | [`gradient_penalty`] | `eps * P(grad_x L)`, exact or by finite differences |
+//! | [`pgd`], [`free_at`], [`yopo`], [`freelb`], [`smart`], [`vat`] | the multi-step and label-free methods |
 //! | [`spectral_norm`] | spectral normalisation, Lipschitz bound |
 //! | [`second_order`] | the guard against silently wrong second-order gradients |
-//! | [`ops`] | differentiable layer norm and softmax |
+//! | [`ops`], [`fused`] | differentiable layer norm, softmax, GELU; fused CPU versions |
 //! | [`rng`], [`init`] | the crate's seeded randomness and initialisation |
-//! | [`verify`] | finite-difference checks, relative error, convergence-order fits |
-//! | [`toy`], [`equivalence`] | small models, and every equivalence as a runnable check |
+//! | [`estimate`] | a Monte-Carlo estimate with its standard error |
+//! | `verify`, `toy`, `equivalence` | the verification harness (feature `verify`): finite-difference checks, small models, every equivalence as a runnable check |
 //!
-//! A method takes a [`Target`] and a loss closure and returns a [`Step`]: the loss and a `GradStore`
-//! for your optimiser. Methods that differentiate a gradient need `CANDLE_GRAD_DO_NOT_DETACH=1` in the
-//! environment and say so with an error when it is missing ([`second_order`]).
+//! A method takes a [`Batch`] (the [`Target`] and the model as closures over the perturbed point)
+//! and returns a [`Step`]: the loss and a `GradStore` for your optimiser. Switching method is the
+//! one line that builds it. Methods that differentiate a gradient need `CANDLE_GRAD_DO_NOT_DETACH=1`
+//! in the environment and say so with an error when it is missing ([`second_order`]).
 //!
 //! ```
-//! use advtrain::{Fgm, GradientPenalty, Target};
+//! use advtrain::{Batch, Fgm, GradientPenalty, Method, Target};
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{Linear, Module, Optimizer, SGD};
 //!
@@ -38,13 +43,14 @@
 //! let x = rng.normal((8, 4), DType::F32, &device)?;
 //! let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1], &device)?;
 //! let loss = |x: &Tensor| candle_nn::loss::cross_entropy(&model.forward(x)?, &y);
+//! let target = Target::input(&x)?;
 //!
-//! let fgm = Fgm::new(0.1)?;
-//! let step = fgm.step(&Target::input(&x)?, &loss)?; // two forward-backward passes
+//! let mut fgm = Fgm::new(0.1)?;
+//! let step = fgm.step(&Batch::new(&target, &loss), &mut rng)?; // two forward-backward passes
 //! opt.step(&step.grads)?;
 //! # if advtrain::second_order::is_enabled() {
-//! let penalty = GradientPenalty::new(0.1)?; // needs CANDLE_GRAD_DO_NOT_DETACH=1
-//! let step = penalty.step(&Target::input(&x)?, &loss)?;
+//! let mut penalty = GradientPenalty::new(0.1)?; // needs CANDLE_GRAD_DO_NOT_DETACH=1
+//! let step = penalty.step(&Batch::new(&target, &loss), &mut rng)?;
 //! opt.step(&step.grads)?;
 //! # }
 //! # Ok(())
@@ -59,6 +65,8 @@ mod readme {}
 mod book {
     #[doc = include_str!("../book/src/introduction.md")]
     mod introduction {}
+    #[doc = include_str!("../book/src/own_loop.md")]
+    mod own_loop {}
     #[doc = include_str!("../book/src/min_max.md")]
     mod min_max {}
     #[doc = include_str!("../book/src/noise.md")]
@@ -83,9 +91,10 @@ mod book {
 
 pub mod ball;
 pub mod device;
+pub mod divergence;
 pub mod dropout;
-pub mod equivalence;
 pub mod error;
+pub mod estimate;
 pub mod fgm;
 pub mod free_at;
 pub mod freelb;
@@ -93,10 +102,12 @@ pub mod fused;
 pub mod gradient_penalty;
 pub mod init;
 pub mod laplacian;
+pub mod method;
 pub mod noise;
 pub mod norm;
 pub mod ops;
 pub mod pgd;
+pub mod regulariser;
 pub mod rng;
 pub mod second_order;
 pub mod smart;
@@ -104,29 +115,37 @@ pub mod spectral_norm;
 pub mod step;
 pub mod target;
 pub mod target_shift;
-pub mod toy;
 pub mod vat;
-pub mod verify;
 pub mod yopo;
+
+// The verification harness: finite-difference checks, small models and every equivalence as a
+// runnable check. The command line's `verify` table, the tests and the notebooks use it; a library
+// user does not build it (feature `verify`).
+#[cfg(feature = "verify")]
+pub mod equivalence;
+#[cfg(feature = "verify")]
+pub mod toy;
+#[cfg(feature = "verify")]
+pub mod verify;
 
 pub use ball::Ball;
 pub use dropout::HeldDropout;
 pub use error::{Error, Result};
-pub use fgm::{Fgm, Objective};
+pub use fgm::Fgm;
 pub use free_at::FreeAt;
 pub use freelb::FreeLb;
 pub use gradient_penalty::{GradientPenalty, PenaltyMethod};
 pub use laplacian::{CurvatureMethod, Laplacian, ProbeKind};
+pub use method::{Batch, GradientCheck, Method, Plain};
 pub use noise::Noise;
 pub use norm::{Scope, StepNorm};
 pub use pgd::{Pgd, Start};
+pub use regulariser::{LabelSmoothing, Penalty, Regularised, Regulariser, WithRegulariser};
 pub use rng::Rng;
 pub use smart::{BregmanProximal, Smart, SmartDivergence};
 pub use spectral_norm::{SpectralNorm, SpectralNormLinear};
-pub use step::{Accumulator, Passes, Step};
+pub use step::{Accumulator, Objective, Passes, Step};
 pub use target::{RowLookup, Target, TargetKind};
 pub use target_shift::{Divergence, TargetShift};
 pub use vat::Vat;
 pub use yopo::Yopo;
-
-pub mod experiments;

@@ -14,6 +14,8 @@
 //! noise ([`label_noise`], [`label_smoothing`]). Book chapter: "Noise".
 
 use crate::error::{check_count, check_non_negative};
+use crate::method::{Batch, Method};
+use crate::step::Step;
 use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::{DType, Device, Tensor};
@@ -92,6 +94,27 @@ impl Noise {
     /// The noisy point.
     pub fn apply(&self, target: &Target, rng: &mut Rng) -> Result<Tensor> {
         target.perturb(&self.sample(target, rng)?)
+    }
+}
+
+impl Method for Noise {
+    /// One step on `L(x + e)` for one draw `e`: one forward and one backward pass. `clean_loss` is the
+    /// noisy loss too (the clean one would cost another pass).
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let delta = self.sample(batch.target(), rng)?;
+        let (loss, grads) = batch
+            .target()
+            .gradients_at(&|p: &Tensor| batch.loss_at(p), Some(&delta))?;
+        Ok(Step {
+            loss: loss.clone(),
+            clean_loss: loss,
+            grads,
+            passes: crate::step::Passes {
+                forward: 1,
+                backward: 1,
+                double_backward: 0,
+            },
+        })
     }
 }
 

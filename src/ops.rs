@@ -3,11 +3,14 @@
 //! In candle 0.11 the fused `candle_nn::LayerNorm` (on contiguous input), `ops::layer_norm`, `RmsNorm`
 //! and `ops::softmax_last_dim` are built without a backward pass: a perturbation upstream of them gets
 //! no gradient, or a silently wrong one. The functions here are composites of differentiable ops, so
-//! they work to any order (checked by finite differences in `tests/ops.rs`). Book: "Introduction",
+//! they work to any order (checked by finite differences in `tests/suite/ops.rs`). Book: "Introduction",
 //! section "Two facts about candle".
 
 use crate::Result;
 use candle_core::{D, Module, Tensor};
+
+/// Results of the differentiable ops: candle's, so they drop into `Module::forward`.
+type OpResult<T> = candle_core::Result<T>;
 use candle_nn::{Init, VarBuilder};
 
 /// Layer normalisation over the last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`.
@@ -16,12 +19,12 @@ pub fn layer_norm(
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     eps: f64,
-) -> Result<Tensor> {
+) -> OpResult<Tensor> {
     crate::error::check_positive("eps", eps)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let y = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
-    affine(y, weight, bias)
+    Ok(affine(y, weight, bias)?)
 }
 
 /// `y * weight + bias` (each optional, broadcast over the last dimension): layer norm's scale and
@@ -71,26 +74,42 @@ impl Module for LayerNorm {
 }
 
 /// Softmax over the last dimension, differentiable (unlike `candle_nn::ops::softmax_last_dim`).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_dim(x: &Tensor) -> OpResult<Tensor> {
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
 
 /// Log-softmax over the last dimension.
-pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn log_softmax_last_dim(x: &Tensor) -> OpResult<Tensor> {
     Ok(candle_nn::ops::log_softmax(x, D::Minus1)?)
 }
 
 /// Cross-entropy against soft targets (rows of probabilities), averaged over the batch:
 /// `-mean_b sum_k q_bk log softmax(z)_bk`. With one-hot targets it equals
 /// `candle_nn::loss::cross_entropy`; with smoothed targets it is the label-smoothing loss.
-pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> OpResult<Tensor> {
     if logits.shape() != targets.shape() {
         return Err(crate::Error::ShapeMismatch {
             name: "targets",
             expected: format!("{:?} (the logits' shape)", logits.dims()),
             got: targets.dims().to_vec(),
-        });
+        }
+        .into());
     }
     let log_p = log_softmax_last_dim(logits)?;
     Ok((log_p * targets)?.sum(D::Minus1)?.mean_all()?.neg()?)
+}
+
+/// The exact GELU `x Phi(x)` from candle's differentiable primitives: the reference
+/// [`crate::fused::gelu_erf`] is checked against, and its form off the CPU.
+pub fn gelu_erf(x: &Tensor) -> OpResult<Tensor> {
+    let phi = (((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?;
+    x * phi
+}
+
+/// The tanh GELU `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2` (BERT's original, candle's
+/// `gelu`) from differentiable primitives: the reference for [`crate::fused::gelu_tanh`].
+pub fn gelu_tanh(x: &Tensor) -> OpResult<Tensor> {
+    use crate::fused::{CUBIC, SQRT_2_OVER_PI};
+    let u = ((x + ((x * x.sqr()?)? * CUBIC)?)? * SQRT_2_OVER_PI)?;
+    (x * 0.5)? * (u.tanh()? + 1.0)?
 }

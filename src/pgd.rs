@@ -9,9 +9,9 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
-use crate::fgm::Objective;
+use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{CleanPass, Passes, Step, combine};
+use crate::step::{CleanPass, Objective, Passes, Step, combine};
 use crate::target::Target;
 use crate::{Result, Rng};
 use candle_core::Tensor;
@@ -83,19 +83,16 @@ impl Pgd {
         self.ball()?.project(target, &moved)
     }
 
-    /// The final perturbation after K steps, and the clean pass (loss and gradients) it started from.
-    /// Returns the number of extra forward-backward passes spent beyond the clean one.
-    pub fn attack<F>(
+    /// The attack: the final perturbation, the clean pass, and the number of ascent passes beyond the
+    /// clean one. The clean gradient is checked as `batch` says.
+    fn attack_with_clean(
         &self,
-        target: &Target,
-        loss_fn: &F,
+        batch: &Batch,
         rng: &mut Rng,
-    ) -> Result<(Tensor, CleanPass, usize)>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let clean = CleanPass::from(target.loss_and_gradient(loss_fn)?);
-        target.check_gradient_value(&clean.gradient, true)?;
+    ) -> Result<(Tensor, CleanPass, usize)> {
+        let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
+        let clean = CleanPass::from(target.loss_and_gradient(&loss_fn)?);
+        batch.check_gradient(&clean.gradient)?;
         let (mut delta, mut extra) = match self.start {
             Start::Zero => {
                 let zero = clean.gradient.zeros_like()?;
@@ -110,22 +107,28 @@ impl Pgd {
             self.steps
         };
         for _ in 0..remaining {
-            let at = target.point_gradient_at(loss_fn, &delta)?;
-            target.check_gradient_value(&at.gradient, true)?;
+            let at = target.point_gradient_at(&loss_fn, &delta)?;
             delta = self.ascend(target, &delta, &at.gradient.detach())?;
             extra += 1;
         }
         Ok((delta, clean, extra))
     }
 
-    /// One training step: the attack, then a forward-backward pass at the last iterate.
-    pub fn step<F>(&self, target: &Target, loss_fn: &F, rng: &mut Rng) -> Result<Step>
-    where
-        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let (delta, clean, extra) = self.attack(target, loss_fn, rng)?;
-        let adversarial = target.loss_at(loss_fn, &delta)?;
-        let adversarial_grads = adversarial.backward()?;
+    /// The attack alone (for evaluating robustness): the final perturbation, and the number of ascent
+    /// passes beyond the clean one.
+    pub fn attack(&self, batch: &Batch, rng: &mut Rng) -> Result<(Tensor, usize)> {
+        let (delta, _, extra) = self.attack_with_clean(batch, rng)?;
+        Ok((delta, extra))
+    }
+}
+
+impl Method for Pgd {
+    /// The attack, then one forward-backward pass at the final perturbation.
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let (delta, clean, extra) = self.attack_with_clean(batch, rng)?;
+        let loss_fn = |p: &Tensor| batch.loss_at(p);
+        let (adversarial, adversarial_grads) =
+            batch.target().gradients_at(&loss_fn, Some(&delta))?;
         let passes = Passes {
             forward: 2 + extra,
             backward: 2 + extra,

@@ -11,7 +11,9 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
+use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step};
 use crate::target::Target;
 use crate::{Error, Result, Rng};
@@ -39,18 +41,10 @@ impl SmartDivergence {
                 got: b.dims().to_vec(),
             });
         }
-        let per_output = match self {
-            SmartDivergence::SquaredError => (a - b)?.sqr()?,
-            SmartDivergence::SymmetricKl => {
-                let (log_p, log_q) = (
-                    candle_nn::ops::log_softmax(a, D::Minus1)?,
-                    candle_nn::ops::log_softmax(b, D::Minus1)?,
-                );
-                // KL(P||Q) + KL(Q||P) = sum (p - q)(log p - log q)
-                ((log_p.exp()? - log_q.exp()?)? * (log_p - log_q)?)?
-            }
-        };
-        Ok(per_output.sum(D::Minus1)?.mean_all()?)
+        match self {
+            SmartDivergence::SquaredError => Ok((a - b)?.sqr()?.sum(D::Minus1)?.mean_all()?),
+            SmartDivergence::SymmetricKl => crate::divergence::symmetric_kl_from_logits(a, b),
+        }
     }
 }
 
@@ -121,23 +115,17 @@ impl Smart {
             .loss(&output_fn(&target.perturb(r)?)?, &clean)
     }
 
-    /// The inner maximisation: the final perturbation, from the clean outputs.
-    pub fn attack<G>(
-        &self,
-        target: &Target,
-        output_fn: &G,
-        clean: &Tensor,
-        rng: &mut Rng,
-    ) -> Result<Tensor>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
+    /// The inner maximisation: the final perturbation, from the clean outputs. The first ascent
+    /// gradient is checked as `batch` says.
+    pub fn attack(&self, batch: &Batch, clean: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        let target = batch.target();
+        let (output_fn, _) = batch.outputs_and_task("SMART")?;
         let p = target.point();
         let reference = clean.detach();
         let mut delta = target.apply_mask(
             &(rng.normal(p.shape(), p.dtype(), p.device())? * self.noise_var.sqrt())?,
         )?;
-        for _ in 0..self.steps {
+        for step in 0..self.steps {
             let divergence = |point: &Tensor| -> candle_core::Result<Tensor> {
                 Ok(self.divergence.loss(&output_fn(point)?, &reference)?)
             };
@@ -145,7 +133,9 @@ impl Smart {
                 .point_gradient_at(&divergence, &delta)?
                 .gradient
                 .detach();
-            target.check_gradient_value(&g, true)?;
+            if step == 0 {
+                batch.check_gradient(&g)?;
+            }
             delta = (&delta + (self.norm.direction(target, &g)? * self.step_size)?)?;
             if self.eps > 0.0 {
                 delta = Ball::for_norm(self.norm, self.eps)?.project(target, &delta)?;
@@ -155,42 +145,42 @@ impl Smart {
     }
 
     /// The regulariser `lambda * l_s(f(x + delta*), f(x))` at clean outputs `clean` (with their graph).
-    pub fn regulariser<G>(
-        &self,
-        target: &Target,
-        output_fn: &G,
-        clean: &Tensor,
-        rng: &mut Rng,
-    ) -> Result<Tensor>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let delta = self.attack(target, output_fn, clean, rng)?;
-        let adversarial = output_fn(&target.perturb(&delta)?)?;
+    pub fn regulariser(&self, batch: &Batch, clean: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        let (output_fn, _) = batch.outputs_and_task("SMART")?;
+        let delta = self.attack(batch, clean, rng)?;
+        let adversarial = output_fn(&batch.target().perturb(&delta)?)?;
         Ok((self.divergence.loss(&adversarial, clean)? * self.lambda)?)
     }
 
-    /// One training step on `task_loss(f(x)) + regulariser`.
-    pub fn step<G, L>(
-        &self,
-        target: &Target,
-        output_fn: &G,
-        task_loss: &L,
-        rng: &mut Rng,
-    ) -> Result<Step>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-        L: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let clean_outputs = output_fn(target.point())?;
-        let clean = task_loss(&clean_outputs)?;
-        let regulariser = self.regulariser(target, output_fn, &clean_outputs, rng)?;
-        let passes = Passes {
+    fn passes(&self) -> Passes {
+        Passes {
             forward: 2 + self.steps,
             backward: 1 + self.steps,
             double_backward: 0,
-        };
-        Step::from_objective(&(&clean + regulariser)?, &clean, passes)
+        }
+    }
+}
+
+impl Method for Smart {
+    /// One step on `task(f(x)) + regulariser`.
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let (output_fn, task) = batch.outputs_and_task("SMART")?;
+        let clean_outputs = output_fn(batch.target().point())?;
+        let clean = task(&clean_outputs)?;
+        let regulariser = self.regulariser(batch, &clean_outputs, rng)?;
+        Step::from_objective(&(&clean + regulariser)?, &clean, self.passes())
+    }
+}
+
+impl Regulariser for Smart {
+    /// The smoothness term alone, at the batch's clean outputs.
+    fn penalty(&self, batch: &Batch, rng: &mut Rng) -> Result<Penalty> {
+        let (output_fn, _) = batch.outputs_and_task("SMART")?;
+        let clean_outputs = output_fn(batch.target().point())?;
+        Ok(Penalty {
+            value: self.regulariser(batch, &clean_outputs, rng)?,
+            passes: self.passes(),
+        })
     }
 }
 

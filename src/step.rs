@@ -5,6 +5,19 @@
 
 use crate::Result;
 use crate::target::PointGradient;
+
+/// Which loss a method that trains at a perturbed point (FGM, PGD) trains the weights on.
+///
+/// With the clean term, the step's gradient is that of `L(x) + L(x + delta)`, which to first order in
+/// eps is `2 L + eps P(g)`: under a scale-free optimiser (Adam) the same as `L + (eps / 2) P(g)`, half
+/// the relative penalty weight of the adversarial loss alone (book chapter "FGM and gradient penalty").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    /// `L(x + delta)` only.
+    AdversarialOnly,
+    /// `L(x) + L(x + delta)`: the clean gradient plus the adversarial one.
+    CleanPlusAdversarial,
+}
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
 
@@ -21,6 +34,7 @@ pub struct Passes {
 }
 
 /// One step of a method.
+#[derive(Debug)]
 pub struct Step {
     /// The objective whose gradients are in `grads` (detached scalar).
     pub loss: Tensor,
@@ -35,7 +49,7 @@ pub struct Step {
 /// Detaches every gradient in `grads`. First-order methods call it as soon as a backward pass returns:
 /// with second order on, candle keeps each gradient's graph (and every intermediate tensor it
 /// references) alive until the store is dropped, which a first-order step never needs.
-pub fn detach_all(grads: &mut GradStore) {
+pub(crate) fn detach_all(grads: &mut GradStore) {
     let ids: Vec<_> = grads.get_ids().copied().collect();
     for id in ids {
         if let Some(g) = grads.get_id(id) {
@@ -47,13 +61,13 @@ pub fn detach_all(grads: &mut GradStore) {
 
 /// The clean pass reduced to values (loss and gradients, detached) plus the gradient with respect to the
 /// point, so that no graph of the clean pass outlives it.
-pub struct CleanPass {
+pub(crate) struct CleanPass {
     /// The clean loss (detached).
-    pub loss: Tensor,
+    pub(crate) loss: Tensor,
     /// Every variable's gradient of the clean loss (detached).
-    pub grads: GradStore,
+    pub(crate) grads: GradStore,
     /// The gradient with respect to the point (detached).
-    pub gradient: Tensor,
+    pub(crate) gradient: Tensor,
 }
 
 impl From<PointGradient> for CleanPass {
@@ -70,8 +84,8 @@ impl From<PointGradient> for CleanPass {
 
 /// The step of a method that trains at a perturbed point: the adversarial loss alone, or clean plus
 /// adversarial (gradients summed), as `objective` says.
-pub fn combine(
-    objective: crate::fgm::Objective,
+pub(crate) fn combine(
+    objective: Objective,
     clean: CleanPass,
     adversarial: &Tensor,
     mut adversarial_grads: GradStore,
@@ -80,13 +94,13 @@ pub fn combine(
     detach_all(&mut adversarial_grads);
     let adversarial = adversarial.detach();
     Ok(match objective {
-        crate::fgm::Objective::AdversarialOnly => Step {
+        Objective::AdversarialOnly => Step {
             loss: adversarial,
             clean_loss: clean.loss,
             grads: adversarial_grads,
             passes,
         },
-        crate::fgm::Objective::CleanPlusAdversarial => {
+        Objective::CleanPlusAdversarial => {
             let mut grads = clean.grads;
             grads.extend(adversarial_grads)?;
             Step {
@@ -100,15 +114,12 @@ pub fn combine(
 }
 
 /// Plain training as a [`Step`]: one forward and one backward pass at the unperturbed point. The
-/// baseline every method is compared with, and FreeLB's warm-up.
-pub fn plain<F>(target: &crate::target::Target, loss_fn: &F) -> Result<Step>
+/// baseline every method is compared with ([`crate::Plain`]), and FreeLB's warm-up.
+pub(crate) fn plain<F>(target: &crate::target::Target, loss_fn: &F) -> Result<Step>
 where
     F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
-    let loss = target.loss(loss_fn)?;
-    let mut grads = loss.backward()?;
-    detach_all(&mut grads);
-    let loss = loss.detach();
+    let (loss, grads) = target.gradients_at(loss_fn, None)?;
     Ok(Step {
         loss: loss.clone(),
         clean_loss: loss,
@@ -122,7 +133,7 @@ where
 }
 
 /// Multiplies every gradient in `grads` by `factor`.
-pub fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
+pub(crate) fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
     let ids: Vec<_> = grads.get_ids().copied().collect();
     for id in ids {
         if let Some(g) = grads.get_id(id) {
@@ -136,7 +147,11 @@ pub fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
 impl Step {
     /// The step that trains on `objective` (its gradients, detached), reporting `clean` as the clean
     /// loss.
-    pub fn from_objective(objective: &Tensor, clean: &Tensor, passes: Passes) -> Result<Step> {
+    pub(crate) fn from_objective(
+        objective: &Tensor,
+        clean: &Tensor,
+        passes: Passes,
+    ) -> Result<Step> {
         let mut grads = objective.backward()?;
         detach_all(&mut grads);
         Ok(Step {

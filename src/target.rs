@@ -10,6 +10,10 @@
 //!   rest of the model; the embedding matrix keeps its gradient through the point.
 //! * [`Target::embedding_matrix`] (or any [`Target::weight`]): the cheap shared form, one perturbation
 //!   of the matrix for every occurrence of a token. The closure does the lookup itself.
+//! * [`Target::in_place`]: a weight the model reads itself (a `Var` of a model the user cannot edit,
+//!   such as a pretrained encoder's embedding matrix): each perturbed pass sets the variable to
+//!   `point + delta`, runs the user's unchanged model, takes the backward pass and restores the
+//!   variable bit for bit, as the seeds' one-line FGM does. The closure ignores the tensor it is given.
 //! * [`Target::embedding_rows`]: the same step as the embedding matrix's without a copy of the matrix
 //!   per perturbed pass: the point is the rows the batch looks up (each once), and the closure looks
 //!   the ids up in them with [`RowLookup::embed`]. The matrix gradient is zero outside those rows, so
@@ -54,6 +58,8 @@ pub struct Target {
     kind: TargetKind,
     /// Set when the point is itself a variable: its gradient is the point's gradient.
     var: Option<Var>,
+    /// Whether perturbed passes write `point + delta` into `var` (the point is then a copy).
+    in_place: bool,
 }
 
 /// Which gradients a pass of [`Target`] must produce.
@@ -91,8 +97,8 @@ pub struct PointGradient {
     pub grads: GradStore,
     /// dLoss/dPoint; it keeps its graph when second order is on.
     pub gradient: Tensor,
-    /// The tensor the gradient was taken against (see [`Target::probe_point`]).
-    pub probe: Tensor,
+    /// The tensor the gradient was taken against (see `Target::probe_point`).
+    pub(crate) probe: Tensor,
 }
 
 fn check_float(name: &'static str, t: &Tensor) -> Result<()> {
@@ -133,6 +139,7 @@ impl Target {
             mask: None,
             kind: TargetKind::Input,
             var: None,
+            in_place: false,
         })
     }
 
@@ -158,20 +165,10 @@ impl Target {
                         got: m.dims().to_vec(),
                     });
                 }
-                let m = m.to_dtype(DType::F64)?;
-                let values: Vec<f64> = m.flatten_all()?.to_vec1()?;
-                if let Some(bad) = values.iter().find(|v| **v != 0.0 && **v != 1.0) {
-                    return Err(Error::InvalidArgument {
-                        name: "mask",
-                        reason: format!("a padding mask holds only 0 and 1, found {bad}"),
-                        fix: "pass 1 for real tokens and 0 for padding".into(),
-                    });
-                }
-                if values.iter().all(|v| *v == 0.0) {
-                    return Err(Error::EmptyBatch {
-                        name: "mask",
-                        detail: "masks every position".into(),
-                    });
+                // The values are checked where they can be read in place (the CPU); on a GPU the
+                // check would copy the mask to the host on every batch (call `check_mask` there).
+                if m.device().is_cpu() {
+                    check_mask(m)?;
                 }
                 Some(m.to_dtype(embeddings.dtype())?.unsqueeze(2)?)
             }
@@ -181,6 +178,7 @@ impl Target {
             mask,
             kind: TargetKind::EmbeddingOutput,
             var: None,
+            in_place: false,
         })
     }
 
@@ -203,7 +201,26 @@ impl Target {
             mask: None,
             kind: TargetKind::Weight,
             var: Some(weight.clone()),
+            in_place: false,
         })
+    }
+
+    /// A weight that the model reads itself, perturbed in place: every perturbed pass sets `weight` to
+    /// `point + delta`, runs the loss closure (which ignores its argument and runs the user's model as
+    /// it is), takes its backward pass and restores `weight` bit for bit, on error too. FGM, PGD,
+    /// FreeAT, FreeLB, noise, plain training and the exact gradient penalty and Hutchinson steps work
+    /// on it. Methods that put the model at two points into one graph (SMART, VAT, YOPO, target
+    /// shift, the finite-difference forms) return an error naming this target.
+    pub fn in_place(weight: &Var) -> Result<Self> {
+        let mut target = Self::weight(weight)?;
+        target.point = weight.as_tensor().detach().copy()?;
+        target.in_place = true;
+        Ok(target)
+    }
+
+    /// Whether perturbed passes write into the variable ([`Target::in_place`]).
+    pub fn is_in_place(&self) -> bool {
+        self.in_place
     }
 
     /// The rows of `matrix` `(vocab, d)` that the token `ids` (any shape, integer) look up, each row
@@ -260,6 +277,7 @@ impl Target {
             mask: None,
             kind: TargetKind::Weight,
             var: None,
+            in_place: false,
         };
         Ok((target, lookup))
     }
@@ -311,10 +329,30 @@ impl Target {
         Ok(())
     }
 
-    /// The perturbed point `point + mask * delta` (differentiable in both).
+    /// The perturbed point `point + mask * delta` (differentiable in both). An in-place target has no
+    /// such tensor for the model to read: an error names the methods that work on it.
     pub fn perturb(&self, delta: &Tensor) -> Result<Tensor> {
+        self.refuse_in_place()?;
         self.check_delta(delta)?;
         Ok((&self.point + self.apply_mask(delta)?)?)
+    }
+
+    /// The error for a computation that an in-place target cannot serve.
+    fn refuse_in_place(&self) -> Result<()> {
+        if self.in_place {
+            return Err(Error::InvalidArgument {
+                name: "target",
+                reason: "this computation evaluates the model at a perturbed point it builds as a \
+                         tensor, or at two points in one graph, and an in-place target holds one value \
+                         at a time in the model's own variable"
+                    .into(),
+                fix: "with Target::in_place use plain training, noise, FGM, PGD, FreeAT, FreeLB or \
+                      the exact gradient penalty / Hutchinson step; otherwise pass the matrix to the \
+                      model and use Target::embedding_matrix"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The loss at `point + mask * delta`; errors when the closure does not return a scalar.
@@ -323,6 +361,54 @@ impl Target {
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         scalar_loss(loss_fn(&self.perturb(delta)?)?)
+    }
+
+    /// One forward and one backward pass at `point + mask * delta` (at the point for `None`): the loss
+    /// and every variable's gradient, both detached. On an in-place target the variable holds
+    /// `point + delta` for the pass and is restored after the backward pass.
+    pub(crate) fn gradients_at<F>(
+        &self,
+        loss_fn: &F,
+        delta: Option<&Tensor>,
+    ) -> Result<(Tensor, GradStore)>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        let (loss, mut grads) = match (delta, self.in_place) {
+            (None, _) => {
+                let loss = self.loss(loss_fn)?;
+                let grads = loss.backward()?;
+                (loss, grads)
+            }
+            (Some(delta), false) => {
+                let loss = self.loss_at(loss_fn, delta)?;
+                let grads = loss.backward()?;
+                (loss, grads)
+            }
+            (Some(delta), true) => self.with_in_place(delta, |var| {
+                let loss = scalar_loss(loss_fn(var.as_tensor())?)?;
+                let grads = loss.backward()?;
+                Ok((loss, grads))
+            })?,
+        };
+        crate::step::detach_all(&mut grads);
+        Ok((loss.detach(), grads))
+    }
+
+    /// Runs `pass` with the in-place variable set to `point + mask * delta`, then restores it.
+    fn with_in_place<T>(&self, delta: &Tensor, pass: impl FnOnce(&Var) -> Result<T>) -> Result<T> {
+        self.check_delta(delta)?;
+        let var = self
+            .var
+            .as_ref()
+            .expect("an in-place target holds its variable");
+        let perturbed = (&self.point + self.apply_mask(&delta.detach())?)?;
+        let _restore = Restore {
+            var,
+            value: &self.point,
+        };
+        var.set(&perturbed)?;
+        pass(var)
     }
 
     /// The loss at the unperturbed point.
@@ -340,7 +426,7 @@ impl Target {
     ///
     /// In the last two cases the model meets the probe itself, so a pass that does not want the
     /// point's gradient can leave it out ([`Target::objective_gradients`], the fused linear ops).
-    pub fn probe_point(&self) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn probe_point(&self) -> Result<(Tensor, Tensor)> {
         Ok(match &self.var {
             Some(var) => (var.as_tensor().clone(), var.as_tensor().clone()),
             None if self.mask.is_none() && !self.point.track_op() => {
@@ -370,7 +456,7 @@ impl Target {
     /// candle's own ops computed). For methods that differentiate the gradient and then take every
     /// weight's gradient of an objective in one more pass ([`Target::objective_gradients`]):
     /// gradient penalty and Hutchinson.
-    pub fn point_gradient<F>(&self, loss_fn: &F) -> Result<PointGradient>
+    pub(crate) fn point_gradient<F>(&self, loss_fn: &F) -> Result<PointGradient>
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
@@ -383,7 +469,7 @@ impl Target {
     /// gradient, in one backward pass. The point's own gradient is left out (the fused ops skip it
     /// where the model meets the probe directly) unless the point is a weight, whose gradient is
     /// its update.
-    pub fn objective_gradients(
+    pub(crate) fn objective_gradients(
         &self,
         objective: &Tensor,
         point_gradient: &PointGradient,
@@ -404,19 +490,40 @@ impl Target {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
+        self.gradient_at(loss_fn, delta, Gradients::Every)
+    }
+
+    /// The pass at `point + mask * delta` for [`Target::loss_and_gradient_at`] and
+    /// [`Target::point_gradient_at`].
+    fn gradient_at<F>(
+        &self,
+        loss_fn: &F,
+        delta: &Tensor,
+        wanted: Gradients,
+    ) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        if self.in_place {
+            // The variable is the probe: its gradient at `point + delta` is the gradient with respect
+            // to delta, and also the weight's own update.
+            return self.with_in_place(delta, |var| {
+                let probe = var.as_tensor().clone();
+                self.gradient_through(loss_fn, &probe, probe.clone(), true, wanted)
+            });
+        }
         let (point, probe) = self.perturbed_probe(delta)?;
-        self.gradient_through(loss_fn, &point, probe, false, Gradients::Every)
+        self.gradient_through(loss_fn, &point, probe, false, wanted)
     }
 
     /// [`Target::loss_and_gradient_at`] for a pass that needs the gradient with respect to `delta`
     /// only (the ascent steps of PGD, SMART, VAT and YOPO): the fused ops skip the weights'
     /// gradients, so `grads` may lack them.
-    pub fn point_gradient_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<PointGradient>
+    pub(crate) fn point_gradient_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<PointGradient>
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
-        let (point, probe) = self.perturbed_probe(delta)?;
-        self.gradient_through(loss_fn, &point, probe, false, Gradients::PointOnly)
+        self.gradient_at(loss_fn, delta, Gradients::PointOnly)
     }
 
     /// Whether the probe is the weight itself, whose gradient is also its update and so stays in
@@ -467,8 +574,9 @@ impl Target {
         })
     }
 
-    /// Checks a gradient with respect to this point: finite, and non-zero unless `allow_zero`.
-    pub fn check_gradient_value(&self, gradient: &Tensor, allow_zero: bool) -> Result<()> {
+    /// Checks a gradient with respect to this point: finite, and non-zero unless `allow_zero`. It reads
+    /// one scalar on the host.
+    pub(crate) fn check_gradient_value(&self, gradient: &Tensor, allow_zero: bool) -> Result<()> {
         let size = gradient
             .to_dtype(DType::F64)?
             .abs()?
@@ -514,6 +622,41 @@ impl Target {
         let mut shape = vec![1usize; values.rank()];
         shape[0] = b;
         Ok(values.flatten_from(1)?.sum_keepdim(1)?.reshape(shape)?)
+    }
+}
+
+/// Checks a padding mask `(b, n)`: only 0 and 1, and not every position masked. It reads the mask on
+/// the host; [`Target::embedding_output`] runs it on CPU tensors, and on other devices it is yours to
+/// call (once, or on a sample of batches).
+pub fn check_mask(mask: &Tensor) -> Result<()> {
+    let values: Vec<f64> = mask.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    if let Some(bad) = values.iter().find(|v| **v != 0.0 && **v != 1.0) {
+        return Err(Error::InvalidArgument {
+            name: "mask",
+            reason: format!("a padding mask holds only 0 and 1, found {bad}"),
+            fix: "pass 1 for real tokens and 0 for padding".into(),
+        });
+    }
+    if values.iter().all(|v| *v == 0.0) {
+        return Err(Error::EmptyBatch {
+            name: "mask",
+            detail: "masks every position".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Restores an in-place target's variable when dropped, on error too.
+struct Restore<'a> {
+    var: &'a Var,
+    value: &'a Tensor,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        // The value has the variable's shape and dtype (it was copied from it), so `set` cannot fail
+        // on a mismatch; a device error here has nowhere to go but the next call.
+        let _ = self.var.set(self.value);
     }
 }
 

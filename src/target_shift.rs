@@ -16,6 +16,8 @@
 //! All quantities are averaged over the batch, like the losses. Book chapter: "Target shift".
 
 use crate::error::{check_count, check_non_negative};
+use crate::method::{Batch, Method};
+use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step};
 use crate::target::Target;
 use crate::{Error, Result, Rng, second_order};
@@ -50,8 +52,7 @@ impl Divergence {
         let per_output = match self {
             Divergence::SquaredError => perturbed.broadcast_sub(reference)?.sqr()?,
             Divergence::KullbackLeibler => {
-                let log_ratio = perturbed.log()?.broadcast_sub(&reference.log()?)?.neg()?;
-                log_ratio.broadcast_mul(reference)?
+                return crate::divergence::kl_from_probabilities(perturbed, reference);
             }
         };
         Ok(per_output.sum(D::Minus1)?)
@@ -224,23 +225,16 @@ impl TargetShift {
         let (outputs, probe) = outputs_at_point(target, output_fn)?;
         Ok(self.regulariser_from(&outputs, &probe, rng)?.0)
     }
+}
 
-    /// One training step on `loss_fn(f(x)) + regulariser`; `loss_fn` maps outputs to the task loss.
-    /// One forward pass serves both terms.
-    pub fn step<G, L>(
-        &self,
-        target: &Target,
-        output_fn: &G,
-        loss_fn: &L,
-        rng: &mut Rng,
-    ) -> Result<Step>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-        L: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let (outputs, probe) = outputs_at_point(target, output_fn)?;
+impl Method for TargetShift {
+    /// One training step on `task(f(x)) + regulariser`; the model's outputs come from one forward
+    /// pass that serves both.
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let (output_fn, task) = batch.outputs_and_task("target shift")?;
+        let (outputs, probe) = outputs_at_point(batch.target(), output_fn)?;
         let (regulariser, backwards) = self.regulariser_from(&outputs, &probe, rng)?;
-        let clean = loss_fn(&outputs)?;
+        let clean = task(&outputs)?;
         let passes = Passes {
             forward: 1,
             backward: backwards + 1,
@@ -249,5 +243,22 @@ impl TargetShift {
         let mut step = Step::from_objective(&(&clean + &regulariser)?, &clean, passes)?;
         step.grads.remove(&probe);
         Ok(step)
+    }
+}
+
+impl Regulariser for TargetShift {
+    /// The output-smoothness term alone.
+    fn penalty(&self, batch: &Batch, rng: &mut Rng) -> Result<Penalty> {
+        let (output_fn, _) = batch.outputs_and_task("target shift")?;
+        let (outputs, probe) = outputs_at_point(batch.target(), output_fn)?;
+        let (value, backwards) = self.regulariser_from(&outputs, &probe, rng)?;
+        Ok(Penalty {
+            value,
+            passes: Passes {
+                forward: 1,
+                backward: backwards + 1,
+                double_backward: 1,
+            },
+        })
     }
 }

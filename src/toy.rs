@@ -319,7 +319,15 @@ pub struct Problem {
     pub loss: BoxedLoss,
 }
 
+use crate::method::Batch;
 use crate::target::Target;
+
+impl Problem {
+    /// The problem as a method's [`Batch`]: the target and the loss.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(&self.target, &*self.loss)
+    }
+}
 
 /// A seeded [`Problem`] for `setup` in f64 on the CPU.
 pub fn problem(setup: Setup, seed: u64) -> Result<Problem> {

@@ -9,29 +9,14 @@
 //! backward). Book chapter: "Target shift" (the link to semi-supervised learning) and "PGD, FreeAT, YOPO,
 //! FreeLB, SMART, VAT".
 
+use crate::divergence::kl_from_logits;
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
+use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step};
-use crate::target::Target;
-use crate::{Error, Result, Rng};
-use candle_core::{D, Tensor};
-
-/// `KL(softmax(reference) || softmax(logits))`, summed over classes and averaged over the batch; the
-/// reference is taken as given (detach it for VAT).
-pub fn kl_from_logits(reference: &Tensor, logits: &Tensor) -> Result<Tensor> {
-    if reference.shape() != logits.shape() || logits.rank() != 2 {
-        return Err(Error::ShapeMismatch {
-            name: "logits",
-            expected: format!("(batch, classes) like the reference {:?}", reference.dims()),
-            got: logits.dims().to_vec(),
-        });
-    }
-    let log_p = candle_nn::ops::log_softmax(reference, D::Minus1)?;
-    let log_q = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    Ok((log_p.exp()? * (log_p - log_q)?)?
-        .sum(D::Minus1)?
-        .mean_all()?)
-}
+use crate::{Result, Rng};
+use candle_core::Tensor;
 
 /// Virtual adversarial training.
 #[derive(Clone, Copy, Debug)]
@@ -39,18 +24,19 @@ pub struct Vat {
     eps: f64,
     xi: f64,
     power_iterations: usize,
-    alpha: f64,
+    weight: f64,
 }
 
 impl Vat {
-    /// Radius `eps`, finite-difference step xi = 1e-6, one power iteration, weight alpha = 1.
+    /// Radius `eps`, finite-difference step xi = 1e-6, one power iteration (Miyato et al., 2018),
+    /// regulariser weight 1.
     pub fn new(eps: f64) -> Result<Self> {
         check_non_negative("eps", eps)?;
         Ok(Self {
             eps,
             xi: 1e-6,
             power_iterations: 1,
-            alpha: 1.0,
+            weight: 1.0,
         })
     }
 
@@ -68,24 +54,18 @@ impl Vat {
         Ok(self)
     }
 
-    /// The regulariser's weight alpha.
-    pub fn with_alpha(mut self, alpha: f64) -> Result<Self> {
-        check_non_negative("alpha", alpha)?;
-        self.alpha = alpha;
+    /// The regulariser's weight (the paper's alpha).
+    pub fn with_weight(mut self, weight: f64) -> Result<Self> {
+        check_non_negative("weight", weight)?;
+        self.weight = weight;
         Ok(self)
     }
 
-    /// The unit direction `d` (per example) after the power iterations, from clean logits.
-    pub fn direction<G>(
-        &self,
-        target: &Target,
-        logits_fn: &G,
-        clean_logits: &Tensor,
-        rng: &mut Rng,
-    ) -> Result<Tensor>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
+    /// The unit direction `d` (per example) after the power iterations, from clean logits. The first
+    /// power iteration's gradient is checked as `batch` says.
+    pub fn direction(&self, batch: &Batch, clean_logits: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        let target = batch.target();
+        let (logits_fn, _) = batch.outputs_and_task("VAT")?;
         let unit = StepNorm::L2(Scope::PerExample);
         let p = target.point();
         let reference = clean_logits.detach();
@@ -93,7 +73,7 @@ impl Vat {
             target,
             &target.apply_mask(&rng.normal(p.shape(), p.dtype(), p.device())?)?,
         )?;
-        for _ in 0..self.power_iterations {
+        for iteration in 0..self.power_iterations {
             let kl = |point: &Tensor| -> candle_core::Result<Tensor> {
                 Ok(kl_from_logits(&reference, &logits_fn(point)?)?)
             };
@@ -101,63 +81,65 @@ impl Vat {
                 .point_gradient_at(&kl, &(&d * self.xi)?)?
                 .gradient
                 .detach();
-            target.check_gradient_value(&g, true)?;
+            if iteration == 0 {
+                batch.check_gradient(&g)?;
+            }
             d = unit.direction(target, &g)?;
         }
         Ok(d)
     }
 
     /// `r_vadv = eps * d`.
-    pub fn perturbation<G>(
+    pub fn perturbation(
         &self,
-        target: &Target,
-        logits_fn: &G,
+        batch: &Batch,
         clean_logits: &Tensor,
         rng: &mut Rng,
-    ) -> Result<Tensor>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        Ok((self.direction(target, logits_fn, clean_logits, rng)? * self.eps)?)
+    ) -> Result<Tensor> {
+        Ok((self.direction(batch, clean_logits, rng)? * self.eps)?)
     }
 
-    /// `alpha * KL(p(x) || p(x + r_vadv))` with p(x) and r_vadv held fixed; no labels needed.
-    pub fn regulariser<G>(
+    /// `weight * KL(p(x) || p(x + r_vadv))` with p(x) and r_vadv held fixed; no labels needed.
+    pub fn regulariser(
         &self,
-        target: &Target,
-        logits_fn: &G,
+        batch: &Batch,
         clean_logits: &Tensor,
         rng: &mut Rng,
-    ) -> Result<Tensor>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let r = self.perturbation(target, logits_fn, clean_logits, rng)?;
-        let logits = logits_fn(&target.perturb(&r)?)?;
-        Ok((kl_from_logits(&clean_logits.detach(), &logits)? * self.alpha)?)
+    ) -> Result<Tensor> {
+        let (logits_fn, _) = batch.outputs_and_task("VAT")?;
+        let r = self.perturbation(batch, clean_logits, rng)?;
+        let logits = logits_fn(&batch.target().perturb(&r)?)?;
+        Ok((kl_from_logits(&clean_logits.detach(), &logits)? * self.weight)?)
     }
 
-    /// One training step on `task_loss(f(x)) + regulariser` (pass a zero task loss for unlabelled
-    /// batches).
-    pub fn step<G, L>(
-        &self,
-        target: &Target,
-        logits_fn: &G,
-        task_loss: &L,
-        rng: &mut Rng,
-    ) -> Result<Step>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-        L: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        let clean_logits = logits_fn(target.point())?;
-        let clean = task_loss(&clean_logits)?;
-        let objective = (&clean + self.regulariser(target, logits_fn, &clean_logits, rng)?)?;
-        let passes = Passes {
+    fn passes(&self) -> Passes {
+        Passes {
             forward: 2 + self.power_iterations,
             backward: 1 + self.power_iterations,
             double_backward: 0,
-        };
-        Step::from_objective(&objective, &clean, passes)
+        }
+    }
+}
+
+impl Method for Vat {
+    /// One step on `task(f(x)) + regulariser` (a zero task loss for unlabelled batches).
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        let (logits_fn, task) = batch.outputs_and_task("VAT")?;
+        let clean_logits = logits_fn(batch.target().point())?;
+        let clean = task(&clean_logits)?;
+        let objective = (&clean + self.regulariser(batch, &clean_logits, rng)?)?;
+        Step::from_objective(&objective, &clean, self.passes())
+    }
+}
+
+impl Regulariser for Vat {
+    /// The virtual adversarial term alone.
+    fn penalty(&self, batch: &Batch, rng: &mut Rng) -> Result<Penalty> {
+        let (logits_fn, _) = batch.outputs_and_task("VAT")?;
+        let clean_logits = logits_fn(batch.target().point())?.detach();
+        Ok(Penalty {
+            value: self.regulariser(batch, &clean_logits, rng)?,
+            passes: self.passes(),
+        })
     }
 }

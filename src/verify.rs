@@ -6,6 +6,7 @@
 //! Tests, the `advtrain` binary, the notebooks and the book all use these functions. Book: "Introduction",
 //! section "How a result is checked".
 
+pub use crate::estimate::{Estimate, scalar};
 use crate::target::Target;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
@@ -33,18 +34,6 @@ pub fn l2_norm(t: &Tensor) -> Result<f64> {
         .sum_all()?
         .to_scalar::<f64>()?
         .sqrt())
-}
-
-/// A tensor's value as f64 (it must hold exactly one element).
-pub fn scalar(t: &Tensor) -> Result<f64> {
-    if t.elem_count() != 1 {
-        return Err(Error::ShapeMismatch {
-            name: "loss",
-            expected: "a scalar (one element)".into(),
-            got: t.dims().to_vec(),
-        });
-    }
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0])
 }
 
 /// Central finite-difference gradient of a scalar function, one coordinate at a time (error O(h^2)).
@@ -192,43 +181,6 @@ pub fn log_spaced(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     (0..n)
         .map(|i| (a + (b - a) * i as f64 / (n - 1) as f64).exp())
         .collect()
-}
-
-/// A Monte-Carlo estimate with its standard error.
-#[derive(Clone, Debug)]
-pub struct Estimate {
-    /// Mean of the samples.
-    pub mean: f64,
-    /// Standard error of the mean (sample standard deviation / sqrt(n)).
-    pub std_error: f64,
-    /// The samples.
-    pub samples: Vec<f64>,
-}
-
-impl Estimate {
-    /// Mean and standard error of `samples` (at least two).
-    pub fn from_samples(samples: Vec<f64>) -> Result<Self> {
-        let n = samples.len();
-        if n < 2 {
-            return Err(Error::InvalidArgument {
-                name: "probes",
-                reason: format!("a standard error needs at least 2 samples, got {n}"),
-                fix: "draw 2 or more probes".into(),
-            });
-        }
-        let mean = samples.iter().sum::<f64>() / n as f64;
-        let variance = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        Ok(Self {
-            mean,
-            std_error: (variance / n as f64).sqrt(),
-            samples,
-        })
-    }
-
-    /// The sample variance of one draw.
-    pub fn variance(&self) -> f64 {
-        self.std_error.powi(2) * self.samples.len() as f64
-    }
 }
 
 /// Gauss-Hermite nodes and weights for `integral exp(-t^2) f(t) dt ~ sum_i w_i f(t_i)`, exact for

@@ -14,10 +14,10 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::method::{Batch, Method};
 use crate::norm::StepNorm;
 use crate::pgd::Start;
 use crate::step::{Passes, Step, detach_all, scale_all};
-use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::{Tensor, Var};
 
@@ -62,19 +62,11 @@ impl Yopo {
         self
     }
 
-    /// One training step; returns it with the final perturbation. `first` maps the perturbed point to
-    /// the first layer's output z, `rest` maps z to the scalar loss.
-    pub fn run<G, R>(
-        &self,
-        target: &Target,
-        first: &G,
-        rest: &R,
-        rng: &mut Rng,
-    ) -> Result<(Step, Tensor)>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-        R: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
+    /// One training step; returns it with the final perturbation. The batch's first layer maps the
+    /// perturbed point to the first layer's output z, its rest maps z to the scalar loss.
+    pub fn run(&self, batch: &Batch, rng: &mut Rng) -> Result<(Step, Tensor)> {
+        let target = batch.target();
+        let (first, rest) = batch.first_layer("YOPO")?;
         let ball = Ball::for_norm(self.norm, self.eps)?;
         let mut delta = match self.start {
             Start::Zero => target.point().zeros_like()?,
@@ -102,12 +94,15 @@ impl Yopo {
                 .detach();
             detach_all(&mut grads);
             // n cheap steps through the first layer only.
-            for _ in 0..self.inner {
+            for inner in 0..self.inner {
                 let hamiltonian = |point: &Tensor| (first(point)? * &costate)?.sum_all();
                 let g = target
                     .point_gradient_at(&hamiltonian, &delta)?
                     .gradient
                     .detach();
+                if total.is_none() && inner == 0 {
+                    batch.check_gradient(&g)?;
+                }
                 let moved = (&delta + (self.norm.direction(target, &g)? * self.alpha)?)?;
                 delta = ball.project(target, &moved)?;
             }
@@ -142,13 +137,11 @@ impl Yopo {
         };
         Ok((step, delta))
     }
+}
 
+impl Method for Yopo {
     /// One training step: m full passes (plus m * n passes through the first layer only).
-    pub fn step<G, R>(&self, target: &Target, first: &G, rest: &R, rng: &mut Rng) -> Result<Step>
-    where
-        G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-        R: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
-    {
-        Ok(self.run(target, first, rest, rng)?.0)
+    fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        Ok(self.run(batch, rng)?.0)
     }
 }

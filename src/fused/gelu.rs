@@ -26,16 +26,16 @@
 //! and Hutchinson (double backward) so run fused code for the second derivative too, and a
 //! third-order pass still works. candle's own `gelu_erf` backward is a chain of eleven tensor operations and uses
 //! 0.398942 for `1 / sqrt(2 pi)` (0.3989422804...), a relative error of 1.5e-7; the fused ops use
-//! the exact constant (`tests/fused.rs`). Book: "Fused operations and speed".
+//! the exact constant (`tests/suite/fused.rs`). Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, map, zip_map};
 use super::wanted::needs_gradient;
-use crate::Result;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-const CUBIC: f64 = 0.044_715;
+pub(crate) const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+pub(crate) const CUBIC: f64 = 0.044_715;
 
 fn phi<T: Real>(x: T) -> T {
     T::constant(FRAC_1_SQRT_2PI) * (T::constant(-0.5) * x * x).exp_fast()
@@ -230,8 +230,8 @@ fn fused_or(
     name: &'static str,
     x: &Tensor,
     op: impl CustomOp1 + Send + Sync + 'static,
-    composite: fn(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
+    composite: fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     check_input(name, x)?;
     if !x.device().is_cpu() {
         return composite(x);
@@ -241,25 +241,12 @@ fn fused_or(
 
 /// `x Phi(x)`, the exact GELU, as one fused pass with a fused, differentiable backward (CPU; the
 /// composite form elsewhere).
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    fused_or("x", x, GeluErf, gelu_erf_composite)
-}
-
-/// The exact GELU from candle's differentiable primitives (no fused op): the reference the fused op
-/// is checked against, and the form used off the CPU.
-pub fn gelu_erf_composite(x: &Tensor) -> Result<Tensor> {
-    let phi = (((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?;
-    Ok((x * phi)?)
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    fused_or("x", x, GeluErf, crate::ops::gelu_erf)
 }
 
 /// `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`, the tanh GELU (BERT's original, candle's
 /// `gelu`), fused like [`gelu_erf`].
-pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    fused_or("x", x, GeluTanh, gelu_tanh_composite)
-}
-
-/// The tanh GELU from candle's differentiable primitives: the reference for [`gelu_tanh`].
-pub fn gelu_tanh_composite(x: &Tensor) -> Result<Tensor> {
-    let u = ((x + ((x * x.sqr()?)? * CUBIC)?)? * SQRT_2_OVER_PI)?;
-    Ok(((x * 0.5)? * (u.tanh()? + 1.0)?)?)
+pub fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
+    fused_or("x", x, GeluTanh, crate::ops::gelu_tanh)
 }

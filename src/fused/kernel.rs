@@ -10,7 +10,7 @@ use num_traits::Float;
 ///
 /// f64 uses exact library functions (the equivalence checks run in f64). f32 uses branch-free
 /// polynomial forms that the compiler vectorises: [`erf_f32`] (absolute error below 5e-7) and
-/// [`exp_f32`] (relative error below 2e-7); `tests/fused.rs` measures both.
+/// [`exp_f32`] (relative error below 2e-7); `tests/suite/fused.rs` measures both.
 pub(crate) trait Real: Float + Send + Sync + 'static {
     fn erf(self) -> Self;
     fn exp_fast(self) -> Self;

@@ -14,7 +14,7 @@
 //! ops. candle's own fused `layer_norm` has no backward at all. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
-use crate::Result;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 
 /// `(mean, 1 / s)` of one row.
@@ -130,12 +130,12 @@ pub fn layer_norm(
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     eps: f64,
-) -> Result<Tensor> {
+) -> candle_core::Result<Tensor> {
     crate::error::check_positive("eps", eps)?;
     check_input("x", x)?;
     if !x.device().is_cpu() {
         return crate::ops::layer_norm(x, weight, bias, eps);
     }
     let y = x.contiguous()?.apply_op1(Normalize { eps })?;
-    crate::ops::affine(y, weight, bias)
+    Ok(crate::ops::affine(y, weight, bias)?)
 }

@@ -18,7 +18,7 @@
 
 use super::kernel::check_input;
 use super::wanted::needs_gradient;
-use crate::{Error, Result};
+use crate::Error;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -213,7 +213,7 @@ fn shape_error(name: &'static str, reason: String, fix: String) -> Error {
 /// `(out,)` as in `candle_nn::Linear`. Equal to `candle_nn::Linear::forward`; its backward computes
 /// the products it needs only (see the module doc) and is differentiable to any order. CPU; on
 /// another device, candle's matmul.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     check_input("x", x)?;
     let (out, inputs) = weight.dims2().map_err(|_| {
         shape_error(
@@ -229,7 +229,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             "x",
             format!("last dimension {last} for a weight {:?}", weight.dims()),
             format!("pass inputs with {inputs} features in the last dimension"),
-        ));
+        )
+        .into());
     }
     if let Some(b) = bias
         && b.dims() != [out]
@@ -238,7 +239,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             "bias",
             format!("shape {:?} for a weight {:?}", b.dims(), weight.dims()),
             format!("pass a bias of shape ({out},)"),
-        ));
+        )
+        .into());
     }
     for (name, t) in [("weight", Some(weight)), ("bias", bias)] {
         if let Some(t) = t
@@ -248,11 +250,16 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
                 name,
                 format!("dtype {:?} for x of dtype {:?}", t.dtype(), x.dtype()),
                 "convert both to the same dtype with to_dtype".into(),
-            ));
+            )
+            .into());
         }
     }
     if !x.device().is_cpu() {
-        return crate::ops::affine(x.broadcast_matmul(&weight.t()?)?, None, bias);
+        return Ok(crate::ops::affine(
+            x.broadcast_matmul(&weight.t()?)?,
+            None,
+            bias,
+        )?);
     }
     let rows = x.elem_count() / inputs;
     let flat = if dims.len() == 2 {

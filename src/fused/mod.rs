@@ -16,7 +16,7 @@
 //! The linear ops also leave out gradients nobody needs: the input's of a first layer fed with data,
 //! and, in a pass run by [`backward_for`], the weights' (the inner passes of gradient penalty and
 //! Hutchinson).
-//! `tests/fused.rs` checks each against its composite form: values, first derivatives and
+//! `tests/suite/fused.rs` checks each against its composite form in [`crate::ops`]: values, first derivatives and
 //! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
 //! device each function falls back to the composite form. Book: "Fused operations and speed".
 
@@ -27,7 +27,8 @@ mod linear;
 mod softmax;
 mod wanted;
 
-pub use gelu::{gelu_erf, gelu_erf_composite, gelu_tanh, gelu_tanh_composite};
+pub(crate) use gelu::{CUBIC, SQRT_2_OVER_PI};
+pub use gelu::{gelu_erf, gelu_tanh};
 pub use kernel::{erf_f32, exp_f32};
 pub use layer_norm::layer_norm;
 pub use linear::linear;

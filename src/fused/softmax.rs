@@ -13,7 +13,7 @@
 //! are chains of several passes. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
-use crate::{Error, Result};
+use crate::Error;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Shape, Tensor};
 
 fn max<T: Real>(row: &[T]) -> T {
@@ -223,7 +223,7 @@ impl CustomOp2 for CrossEntropy {
 
 /// Softmax over the last dimension, fused forward and backward, differentiable to any order (CPU;
 /// [`crate::ops::softmax_last_dim`] elsewhere).
-pub fn softmax_last_dim(z: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_dim(z: &Tensor) -> candle_core::Result<Tensor> {
     check_input("z", z)?;
     if !z.device().is_cpu() {
         return crate::ops::softmax_last_dim(z);
@@ -232,7 +232,7 @@ pub fn softmax_last_dim(z: &Tensor) -> Result<Tensor> {
 }
 
 /// Log-softmax over the last dimension, fused like [`softmax_last_dim`].
-pub fn log_softmax_last_dim(z: &Tensor) -> Result<Tensor> {
+pub fn log_softmax_last_dim(z: &Tensor) -> candle_core::Result<Tensor> {
     check_input("z", z)?;
     if !z.device().is_cpu() {
         return crate::ops::log_softmax_last_dim(z);
@@ -242,7 +242,7 @@ pub fn log_softmax_last_dim(z: &Tensor) -> Result<Tensor> {
 
 /// Mean cross-entropy of logits `(b, k)` against class labels `(b,)` (u32, u8 or i64), in one pass
 /// forward and one backward; equal to `candle_nn::loss::cross_entropy`, differentiable to any order.
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
     check_input("logits", logits)?;
     let (b, _) = logits.dims2().map_err(|_| Error::InvalidArgument {
         name: "logits",
@@ -254,14 +254,16 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
             name: "labels",
             reason: format!("shape {:?} for logits {:?}", labels.dims(), logits.dims()),
             fix: format!("pass one class index per row: shape ({b},)"),
-        });
+        }
+        .into());
     }
     if !matches!(labels.dtype(), DType::U32 | DType::U8 | DType::I64) {
         return Err(Error::InvalidArgument {
             name: "labels",
             reason: format!("dtype {:?}", labels.dtype()),
             fix: "pass class indices as u32, u8 or i64".into(),
-        });
+        }
+        .into());
     }
     if !logits.device().is_cpu() {
         return Ok(candle_nn::loss::cross_entropy(logits, labels)?);

@@ -1,0 +1,165 @@
+//! The command line (clap): `advtrain [verify [--markdown]]` and `advtrain experiment <name> [options]`.
+//! `--help` works for every command; an unknown command or flag prints usage and exits non-zero.
+
+use super::run::{Experiment, Method, Options};
+use advtrain::{Error, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// advtrain: adversarial training and smoothness regularisation for candle, every equivalence
+/// checked numerically.
+#[derive(Debug, Parser)]
+#[command(name = "advtrain", version)]
+pub struct Cli {
+    /// What to run (default: verify).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify every equivalence of the book on small models (f64, CPU, fixed seeds) and print a
+    /// table; exits with status 1 if a check fails.
+    Verify {
+        /// Print the table as Markdown.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Train every method over seeds on an experiment's data and write the results table, summary
+    /// and figures (book chapter "Experiments").
+    Experiment(ExperimentArgs),
+}
+
+/// The options of `advtrain experiment`.
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// The experiment: thucnews, mnist or rotten-tomatoes.
+    pub name: String,
+    /// Methods, comma-separated: baseline, noise, fgm, gradient-penalty, pgd, freelb, vat,
+    /// spectral-norm (default: the experiment's own).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Seeds per method.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    /// Epochs (default: the experiment's own).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Radii for the methods that have one, comma-separated (several: a sweep, plotted as accuracy
+    /// against eps); default: the experiment's own.
+    #[arg(long, value_delimiter = ',')]
+    pub eps: Vec<f64>,
+    /// Examples drawn before the train/dev/test split (THUCNews: 5000 of 100000 unless given).
+    #[arg(long)]
+    pub subset: Option<usize>,
+    /// A subset and 2 epochs, a few minutes; results go to target/experiments/<name>-quick unless
+    /// --out is given.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where results go (full runs: data/results/<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where the data folder is.
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
+}
+
+fn bad(name: &'static str, reason: String) -> Error {
+    Error::InvalidArgument {
+        name,
+        reason,
+        fix: "see `advtrain experiment --help`".into(),
+    }
+}
+
+/// Parses the arguments after `experiment` into [`Options`] (for tests and embedding; the binary
+/// parses with [`Cli`]).
+pub fn parse(args: &[String]) -> Result<Options> {
+    #[derive(Parser)]
+    struct Experiment {
+        #[command(flatten)]
+        args: ExperimentArgs,
+    }
+    let parsed = Experiment::try_parse_from(
+        std::iter::once("experiment".to_string()).chain(args.iter().cloned()),
+    )
+    .map_err(|e| {
+        let text = e.to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ");
+        bad("argument", first.to_string())
+    })?;
+    options(parsed.args)
+}
+
+/// Validates parsed arguments into [`Options`].
+pub fn options(args: ExperimentArgs) -> Result<Options> {
+    let experiment = Experiment::parse(&args.name)?;
+    let methods = if args.methods.is_empty() {
+        experiment.methods()
+    } else {
+        args.methods
+            .iter()
+            .map(|m| Method::parse(m))
+            .collect::<Result<_>>()?
+    };
+    advtrain::error::check_count("--seeds", args.seeds)?;
+    if let Some(bad_eps) = args.eps.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+        return Err(bad("--eps", format!("{bad_eps} is not a positive number")));
+    }
+    if args.epochs == Some(0) {
+        return Err(bad("--epochs", "must be at least 1".into()));
+    }
+    let epochs = args
+        .epochs
+        .unwrap_or_else(|| experiment.default_epochs(args.quick));
+    let name = experiment.name();
+    let out_dir = args.out.unwrap_or_else(|| {
+        if args.quick {
+            PathBuf::from("target/experiments").join(format!("{name}-quick"))
+        } else {
+            PathBuf::from("data/results").join(name)
+        }
+    });
+    Ok(Options {
+        experiment,
+        methods,
+        seeds: args.seeds,
+        epochs,
+        quick: args.quick,
+        data_dir: args.data,
+        out_dir,
+        verbose: true,
+        eps: args.eps,
+        subset: args.subset,
+    })
+}
+
+/// Runs an experiment and returns the summary table as text.
+pub fn run(options: &Options) -> Result<String> {
+    println!(
+        "experiment {}: {} runs ({} methods, {} seeds) x {} epochs{}, writing to {}",
+        options.experiment.name(),
+        options.runs().len(),
+        options.methods.len(),
+        options.seeds,
+        options.epochs,
+        if options.quick { " (quick)" } else { "" },
+        options.out_dir.display()
+    );
+    println!("device: {}", advtrain::device::select().1);
+    super::run::run(options)?;
+    let summary = std::fs::read_to_string(options.out_dir.join("summary.md")).map_err(|e| {
+        Error::data(
+            options.out_dir.join("summary.md").display(),
+            None,
+            e.to_string(),
+            "check the output folder",
+        )
+    })?;
+    Ok(summary)
+}

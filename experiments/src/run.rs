@@ -1,0 +1,778 @@
+//! The experiments' runner: every method on a task, over seeds, with a checkpoint per epoch and a row
+//! of metrics per epoch. It owns the training loop (the library does not); each method is called
+//! exactly as a user would call it. Book: "Experiments".
+//!
+//! Reproducibility: the model's initial weights come from the seed; the data order and every random
+//! draw of epoch `e` come from `Rng::new(mix(seed, e))`, so a run resumed from the checkpoint of epoch
+//! `e - 1` continues exactly as the uninterrupted run would.
+
+use super::checkpoint::{self, Adam, io_error};
+use super::cnn::Cnn;
+use super::data::{
+    Examples, ImageDataset, Split, TextDataset, mnist_csv, rotten_tomatoes, split, subsample,
+    thucnews,
+};
+use super::encoder::{EncoderConfig, TextClassifier};
+use super::tokenize::{TextTokenizer, pad_batch};
+use advtrain::Method as TrainingMethod;
+use advtrain::{
+    Accumulator, Batch, Error, Fgm, FreeLb, GradientCheck, GradientPenalty, Noise, Passes, Pgd,
+    Plain, Result, Rng, Scope, Step, StepNorm, Target, Vat,
+};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A training method of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Baseline,
+    Noise,
+    Fgm,
+    GradientPenalty,
+    Pgd,
+    FreeLb,
+    Vat,
+    SpectralNorm,
+}
+
+impl Method {
+    /// Every method, in the order tables list them.
+    pub const ALL: [Method; 8] = [
+        Method::Baseline,
+        Method::Noise,
+        Method::Fgm,
+        Method::GradientPenalty,
+        Method::Pgd,
+        Method::FreeLb,
+        Method::Vat,
+        Method::SpectralNorm,
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::Noise => "noise",
+            Method::Fgm => "fgm",
+            Method::GradientPenalty => "gradient-penalty",
+            Method::Pgd => "pgd",
+            Method::FreeLb => "freelb",
+            Method::Vat => "vat",
+            Method::SpectralNorm => "spectral-norm",
+        }
+    }
+
+    /// The method called `name`.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "--methods",
+                reason: format!("unknown method {name:?}"),
+                fix: format!("use some of: {}", Self::ALL.map(Method::name).join(", ")),
+            })
+    }
+
+    /// Whether the method has a radius (or weight) `eps`; the others ignore `--eps`.
+    pub fn uses_eps(self) -> bool {
+        !matches!(
+            self,
+            Method::Baseline | Method::Noise | Method::SpectralNorm
+        )
+    }
+}
+
+/// The data set and model of an experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Experiment {
+    /// THUCNews headlines, the small transformer from scratch (the TNEWS stand-in).
+    Thucnews,
+    /// MNIST 5k, the small CNN, with robust accuracy under FGSM and PGD.
+    Mnist,
+    /// Rotten Tomatoes snippets (fresh / rotten), the pretrained all-MiniLM-L6-v2 fine-tuned.
+    RottenTomatoes,
+}
+
+impl Experiment {
+    /// The experiment called `name`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "thucnews" => Ok(Self::Thucnews),
+            "mnist" => Ok(Self::Mnist),
+            "rotten-tomatoes" => Ok(Self::RottenTomatoes),
+            other => Err(Error::InvalidArgument {
+                name: "experiment",
+                reason: format!("unknown experiment {other:?}"),
+                fix: "use thucnews, mnist or rotten-tomatoes".into(),
+            }),
+        }
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Thucnews => "thucnews",
+            Self::Mnist => "mnist",
+            Self::RottenTomatoes => "rotten-tomatoes",
+        }
+    }
+
+    /// Epochs when `--epochs` is not given.
+    pub fn default_epochs(self, quick: bool) -> usize {
+        match (self, quick) {
+            (Self::RottenTomatoes, _) => 1,
+            (_, true) => 2,
+            (Self::Thucnews, false) => 3,
+            (Self::Mnist, false) => 10,
+        }
+    }
+
+    /// Examples drawn before the split when `--subset` is not given: THUCNews 5,000 of its 100,000
+    /// headlines (the whole set takes about a day per seed on two cores), MNIST all 5,000; quick runs
+    /// 2,000 and 1,500.
+    pub fn default_subset(self, quick: bool) -> usize {
+        match (self, quick) {
+            (Self::Thucnews, true) => 2_000,
+            (Self::Thucnews, false) => 5_000,
+            (Self::Mnist, true) => 1_500,
+            (Self::Mnist, false) => 5_000,
+            (Self::RottenTomatoes, true) => 400,
+            (Self::RottenTomatoes, false) => 2_500,
+        }
+    }
+
+    /// The methods run when `--methods` is not given: all of them, but for fine-tuning MiniLM on two
+    /// CPU cores baseline, FGM and gradient penalty (spectral norm would change the pretrained
+    /// function; the others can be asked for).
+    pub fn methods(self) -> Vec<Method> {
+        match self {
+            Self::RottenTomatoes => vec![Method::Baseline, Method::Fgm, Method::GradientPenalty],
+            _ => Method::ALL.to_vec(),
+        }
+    }
+}
+
+/// How an experiment runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub experiment: Experiment,
+    pub methods: Vec<Method>,
+    pub seeds: usize,
+    pub epochs: usize,
+    /// A small subset and short sequences: minutes, for smoke tests.
+    pub quick: bool,
+    /// Where data/ is.
+    pub data_dir: PathBuf,
+    /// Where results, checkpoints and figures go.
+    pub out_dir: PathBuf,
+    /// Print a line per epoch.
+    pub verbose: bool,
+    /// Radii to run the methods that have one at (`--eps`); empty: the experiment's default.
+    pub eps: Vec<f64>,
+    /// How many examples to draw (fixed seed) before the split (`--subset`); `None`: the
+    /// experiment's default for the mode ([`Experiment::default_subset`]).
+    pub subset: Option<usize>,
+}
+
+/// One training run: a method at a radius with a seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Run {
+    pub method: Method,
+    /// The method's radius (the experiment's default for methods without one).
+    pub eps: f64,
+    pub seed: u64,
+}
+
+impl Options {
+    /// Every run, in table order: each method, at each radius where it has one, with each seed.
+    pub fn runs(&self) -> Vec<Run> {
+        let default = [self.experiment.hyper().eps];
+        let mut runs = Vec::new();
+        for &method in &self.methods {
+            let radii = if method.uses_eps() && !self.eps.is_empty() {
+                &self.eps[..]
+            } else {
+                &default[..]
+            };
+            for &eps in radii {
+                for seed in 1..=self.seeds as u64 {
+                    runs.push(Run { method, eps, seed });
+                }
+            }
+        }
+        runs
+    }
+}
+
+/// Hyper-parameters of the methods for one experiment.
+#[derive(Clone, Copy, Debug)]
+pub struct Hyper {
+    /// FGM / PGD radius, gradient-penalty weight, VAT radius, FreeLB's projection radius.
+    pub eps: f64,
+    /// Noise standard deviation per coordinate.
+    pub sigma: f64,
+    pub lr: f64,
+    pub batch: usize,
+    /// Examples per forward pass: a batch larger than this is split into micro-batches whose steps
+    /// are averaged (equal weights) before the update. It bounds memory: double backward through
+    /// MiniLM keeps about 2 MB per token per layer.
+    pub micro_batch: usize,
+    /// Robust-accuracy attack radius (L-infinity), MNIST only.
+    pub attack_eps: f64,
+}
+
+impl Experiment {
+    /// The hyper-parameters used for every method of this experiment.
+    pub fn hyper(self) -> Hyper {
+        match self {
+            // Per-sentence L2 radius: a headline's word embeddings have norm about 1 at init (0.02 x
+            // sqrt(128) per token, about 20 tokens); 0.5 stopped every gradient-based method learning.
+            // 0.03: the best FGM dev accuracy of the sweep over 0.001..0.03 (book, "Experiments").
+            Self::Thucnews => Hyper {
+                eps: 0.03,
+                sigma: 0.01,
+                lr: 1e-3,
+                batch: 64,
+                micro_batch: 64,
+                attack_eps: 0.0,
+            },
+            // Per-image L2 radius; an MNIST image has L2 norm about 9.
+            Self::Mnist => Hyper {
+                eps: 1.0,
+                sigma: 0.1,
+                lr: 1e-3,
+                batch: 64,
+                micro_batch: 64,
+                attack_eps: 0.1,
+            },
+            // MiniLM's word embeddings have norm about 1.1 per token, a snippet about 25 tokens (norm
+            // about 5). At a per-snippet radius of 0.5 FGM learned almost nothing in the epoch (dev
+            // 58%); 0.01 had the best FGM dev accuracy of the sweep over 0.01..0.1 (book,
+            // "Experiments"). A fine-tuning rate as for BERT, at its upper end for one short epoch.
+            Self::RottenTomatoes => Hyper {
+                eps: 0.01,
+                sigma: 0.01,
+                lr: 5e-5,
+                batch: 32,
+                micro_batch: 8,
+                attack_eps: 0.0,
+            },
+        }
+    }
+}
+
+/// One row of the results table: a run's metrics after one epoch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EpochRow {
+    pub experiment: String,
+    pub method: String,
+    /// The method's radius (`Hyper::eps`); the default for methods without one.
+    pub eps: f64,
+    pub seed: u64,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub dev_accuracy: f64,
+    pub test_accuracy: f64,
+    /// Test accuracy under FGSM / PGD-10 (L-infinity, `attack_eps`); NaN where not measured.
+    pub fgsm_accuracy: f64,
+    pub pgd_accuracy: f64,
+    pub passes_forward: usize,
+    pub passes_backward: usize,
+    pub seconds: f64,
+}
+
+/// Mixes a seed and an epoch into one seed.
+fn mix(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (epoch as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+impl Method {
+    /// The library's method for this name at the experiment's settings: the runner steps every
+    /// method through `advtrain::Method`, as a user's loop would.
+    pub fn build(self, hyper: &Hyper) -> Result<Box<dyn TrainingMethod>> {
+        let per_example = StepNorm::L2(Scope::PerExample);
+        Ok(match self {
+            Method::Baseline | Method::SpectralNorm => Box::new(Plain),
+            Method::Noise => Box::new(Noise::Gaussian { sigma: hyper.sigma }),
+            Method::Fgm => Box::new(Fgm::new(hyper.eps)?.with_norm(per_example)),
+            Method::GradientPenalty => {
+                Box::new(GradientPenalty::new(hyper.eps)?.with_norm(per_example))
+            }
+            Method::Pgd => {
+                Box::new(Pgd::new(hyper.eps, hyper.eps / 2.0, 3)?.with_norm(per_example))
+            }
+            Method::FreeLb => Box::new(FreeLb::new(hyper.eps / 3.0, 3)?.with_max_norm(hyper.eps)?),
+            Method::Vat => Box::new(Vat::new(hyper.eps)?),
+        })
+    }
+}
+
+/// One step of `method` on a batch: the model's logits and the cross-entropy on them.
+fn method_step<G>(
+    method: &mut dyn TrainingMethod,
+    target: &Target,
+    logits: &G,
+    labels: &Tensor,
+    rng: &mut Rng,
+) -> Result<Step>
+where
+    G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+{
+    let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, labels);
+    method.step(&Batch::with_outputs(target, logits, &task), rng)
+}
+
+/// A task the runner trains: a model and its data.
+trait Task {
+    fn train_len(&self) -> usize;
+    fn set_train(&self, train: bool);
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)>;
+    fn step(&self, method: &mut dyn TrainingMethod, batch: &[usize], rng: &mut Rng)
+    -> Result<Step>;
+    /// Accuracy on dev (`false`) or test (`true`).
+    fn accuracy(&self, test: bool) -> Result<f64>;
+    /// Test accuracy under FGSM and PGD-10, where the task measures it.
+    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>>;
+}
+
+struct TextTask {
+    model: TextClassifier,
+    train: (Vec<Vec<u32>>, Vec<u32>),
+    dev: (Vec<Vec<u32>>, Vec<u32>),
+    test: (Vec<Vec<u32>>, Vec<u32>),
+    pad_id: u32,
+    device: Device,
+}
+
+impl TextTask {
+    fn batch(
+        &self,
+        data: &(Vec<Vec<u32>>, Vec<u32>),
+        rows: &[usize],
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let seqs: Vec<&[u32]> = rows.iter().map(|&i| data.0[i].as_slice()).collect();
+        let (ids, mask) = pad_batch(&seqs, self.pad_id, DType::F32, &self.device)?;
+        let labels: Vec<u32> = rows.iter().map(|&i| data.1[i]).collect();
+        Ok((ids, mask, Tensor::new(labels, &self.device)?))
+    }
+}
+
+fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let predicted = logits.argmax(1)?;
+    Ok(predicted
+        .eq(labels)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
+}
+
+impl Task for TextTask {
+    fn train_len(&self) -> usize {
+        self.train.1.len()
+    }
+    fn set_train(&self, train: bool) {
+        self.model.mode.set_train(train);
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        self.model.params().named_vars()
+    }
+    fn step(&self, method: &mut dyn TrainingMethod, rows: &[usize], rng: &mut Rng) -> Result<Step> {
+        let (ids, mask, labels) = self.batch(&self.train, rows)?;
+        let embeddings = self.model.embed(&ids)?;
+        let target = Target::embedding_output(&embeddings, Some(&mask))?;
+        let logits = |e: &Tensor| -> candle_core::Result<Tensor> {
+            Ok(self.model.logits_from_embeddings(e, &mask)?)
+        };
+        method_step(method, &target, &logits, &labels, rng)
+    }
+    fn accuracy(&self, test: bool) -> Result<f64> {
+        let data = if test { &self.test } else { &self.dev };
+        let rows: Vec<usize> = (0..data.1.len()).collect();
+        let mut correct = 0;
+        for chunk in rows.chunks(256) {
+            let (ids, mask, labels) = self.batch(data, chunk)?;
+            let logits = self
+                .model
+                .logits_from_embeddings(&self.model.embed(&ids)?.detach(), &mask)?;
+            correct += count_correct(&logits, &labels)?;
+        }
+        Ok(correct as f64 / rows.len().max(1) as f64)
+    }
+    fn robust_accuracy(&self, _hyper: &Hyper) -> Result<Option<(f64, f64)>> {
+        Ok(None)
+    }
+}
+
+struct ImageTask {
+    model: Cnn,
+    data: Split<ImageDataset>,
+    device: Device,
+}
+
+impl ImageTask {
+    fn batch(&self, data: &ImageDataset, rows: &[usize]) -> Result<(Tensor, Tensor)> {
+        let part = data.select(rows);
+        Ok((
+            Tensor::from_vec(part.pixels, (rows.len(), 784), &self.device)?,
+            Tensor::new(part.labels, &self.device)?,
+        ))
+    }
+}
+
+impl Task for ImageTask {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+    fn set_train(&self, train: bool) {
+        self.model.mode.set_train(train);
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        self.model.params().named_vars()
+    }
+    fn step(&self, method: &mut dyn TrainingMethod, rows: &[usize], rng: &mut Rng) -> Result<Step> {
+        let (x, labels) = self.batch(&self.data.train, rows)?;
+        let target = Target::input(&x)?;
+        let logits = |x: &Tensor| -> candle_core::Result<Tensor> { Ok(self.model.logits(x)?) };
+        method_step(method, &target, &logits, &labels, rng)
+    }
+    fn accuracy(&self, test: bool) -> Result<f64> {
+        let data = if test {
+            &self.data.test
+        } else {
+            &self.data.dev
+        };
+        let rows: Vec<usize> = (0..data.len()).collect();
+        let mut correct = 0;
+        for chunk in rows.chunks(500) {
+            let (x, labels) = self.batch(data, chunk)?;
+            correct += count_correct(&self.model.logits(&x)?, &labels)?;
+        }
+        Ok(correct as f64 / rows.len().max(1) as f64)
+    }
+    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>> {
+        let data = &self.data.test;
+        let rows: Vec<usize> = (0..data.len()).collect();
+        let (mut fgsm, mut pgd) = (0, 0);
+        let mut rng = Rng::new(0);
+        for chunk in rows.chunks(250) {
+            let (x, labels) = self.batch(data, chunk)?;
+            let target = Target::input(&x)?;
+            let loss = |x: &Tensor| candle_nn::loss::cross_entropy(&self.model.logits(x)?, &labels);
+            for (steps, alpha, correct) in [
+                (1, hyper.attack_eps, &mut fgsm),
+                (10, hyper.attack_eps / 4.0, &mut pgd),
+            ] {
+                let attack = Pgd::new(hyper.attack_eps, alpha, steps)?.with_norm(StepNorm::Sign);
+                // A confident model can have an exactly zero gradient on a chunk: no perturbation.
+                let batch = Batch::new(&target, &loss).with_check(GradientCheck::Finite);
+                let (delta, _) = attack.attack(&batch, &mut rng)?;
+                let adversarial = (&x + delta.detach())?;
+                *correct += count_correct(&self.model.logits(&adversarial)?, &labels)?;
+            }
+        }
+        let n = rows.len().max(1) as f64;
+        Ok(Some((fgsm as f64 / n, pgd as f64 / n)))
+    }
+}
+
+/// The prepared data of an experiment, shared by its runs.
+pub enum Prepared {
+    Text {
+        train: (Vec<Vec<u32>>, Vec<u32>),
+        dev: (Vec<Vec<u32>>, Vec<u32>),
+        test: (Vec<Vec<u32>>, Vec<u32>),
+        pad_id: u32,
+        config: EncoderConfig,
+        /// The safetensors to start from (MiniLM), or `None` to train from scratch.
+        pretrained: Option<PathBuf>,
+    },
+    Image(Split<ImageDataset>),
+}
+
+fn tokenized(t: &TextTokenizer, d: &TextDataset) -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
+    Ok((t.encode(&d.texts)?, d.labels.clone()))
+}
+
+/// Loads, splits (seed 0, the same for every run), subsamples in quick mode, and tokenises.
+pub fn prepare(options: &Options) -> Result<Prepared> {
+    let data = &options.data_dir;
+    let size = options
+        .subset
+        .unwrap_or(options.experiment.default_subset(options.quick));
+    advtrain::error::check_count("--subset", size)?;
+    match options.experiment {
+        Experiment::Thucnews => {
+            let all = subsample(&thucnews(&data.join("thucnews_10w.tsv.xz"))?, size, 0);
+            // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
+            let max_len = 32;
+            let parts = split(&all, 0.1, 0.1, 0)?;
+            let tokenizer =
+                TextTokenizer::wordpiece(&data.join("bert-base-chinese-vocab.txt"), max_len)?;
+            Ok(Prepared::Text {
+                train: tokenized(&tokenizer, &parts.train)?,
+                dev: tokenized(&tokenizer, &parts.dev)?,
+                test: tokenized(&tokenizer, &parts.test)?,
+                pad_id: tokenizer.pad_id(),
+                config: EncoderConfig::small(tokenizer.vocab_size(), max_len, all.classes.len()),
+                pretrained: None,
+            })
+        }
+        Experiment::RottenTomatoes => {
+            let model = data.join("models/all-MiniLM-L6-v2");
+            if !model.join("model.safetensors").exists() {
+                return Err(Error::data(
+                    model.display(),
+                    None,
+                    "the pretrained all-MiniLM-L6-v2 is not there",
+                    "run `bash scripts/setup.sh`, which downloads it and checks its sha256",
+                ));
+            }
+            let all = rotten_tomatoes(&data.join("rotten_tomatoes_corpus_full.csv.bz2"))?;
+            let all = subsample(&all, size, 0);
+            // A fifth each for dev and test: fine-tuning cost grows with the training set, evaluation
+            // is cheap, and a 500-snippet test set halves the sampling error of a 250-snippet one.
+            let parts = split(&all, 0.2, 0.2, 0)?;
+            // 99% of the snippets have at most 40 words.
+            let tokenizer = TextTokenizer::from_json(&model.join("tokenizer.json"), 64)?;
+            Ok(Prepared::Text {
+                train: tokenized(&tokenizer, &parts.train)?,
+                dev: tokenized(&tokenizer, &parts.dev)?,
+                test: tokenized(&tokenizer, &parts.test)?,
+                pad_id: tokenizer.pad_id(),
+                config: EncoderConfig::minilm(all.classes.len()),
+                pretrained: Some(model.join("model.safetensors")),
+            })
+        }
+        Experiment::Mnist => {
+            let all = subsample(&mnist_csv(&data.join("mnist_5k.csv.gz"))?, size, 0);
+            Ok(Prepared::Image(split(&all, 0.1, 0.2, 0)?))
+        }
+    }
+}
+
+fn build_task(
+    prepared: &Prepared,
+    method: Method,
+    seed: u64,
+    device: &Device,
+) -> Result<Box<dyn Task>> {
+    let spectral = method == Method::SpectralNorm;
+    Ok(match prepared {
+        Prepared::Text {
+            train,
+            dev,
+            test,
+            pad_id,
+            config,
+            pretrained,
+        } => Box::new(TextTask {
+            model: {
+                let model =
+                    TextClassifier::new(config.clone(), seed, spectral, DType::F32, device)?;
+                if let Some(path) = pretrained {
+                    model.load_pretrained(path)?;
+                }
+                model
+            },
+            train: train.clone(),
+            dev: dev.clone(),
+            test: test.clone(),
+            pad_id: *pad_id,
+            device: device.clone(),
+        }),
+        Prepared::Image(data) => Box::new(ImageTask {
+            model: Cnn::new(seed, spectral, DType::F32, device)?,
+            data: data.clone(),
+            device: device.clone(),
+        }),
+    })
+}
+
+/// The folder of one run's checkpoints.
+pub fn run_dir(options: &Options, run: &Run) -> PathBuf {
+    let name = if run.method.uses_eps() {
+        format!("{}-eps{}-seed{}", run.method.name(), run.eps, run.seed)
+    } else {
+        format!("{}-seed{}", run.method.name(), run.seed)
+    };
+    options.out_dir.join("checkpoints").join(name)
+}
+
+fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("epoch-{epoch}.safetensors"))
+}
+
+/// Trains one method with one seed for `options.epochs` epochs, resuming from the newest checkpoint
+/// in its folder; returns a row per epoch (rows of resumed epochs come from the rows file saved
+/// beside the checkpoints).
+pub fn run_one(
+    options: &Options,
+    prepared: &Prepared,
+    run: Run,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<EpochRow>> {
+    advtrain::error::check_positive("--eps", run.eps)?;
+    let Run { method, seed, .. } = run;
+    // The GPU when the build has CUDA and one is present (cli::run says which), the CPU otherwise.
+    let (device, _) = advtrain::device::select();
+    let hyper = Hyper {
+        eps: run.eps,
+        ..options.experiment.hyper()
+    };
+    let task = build_task(prepared, method, seed, &device)?;
+    let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;
+    let dir = run_dir(options, &run);
+    // Checkpoints of another configuration (other data, subset or hyper-parameters) are not resumed.
+    // A method without a radius ignores eps, so eps is left out of its fingerprint: changing the
+    // radius of a sweep keeps the baseline's checkpoints.
+    let fingerprint_hyper = Hyper {
+        eps: if method.uses_eps() { hyper.eps } else { 0.0 },
+        ..hyper
+    };
+    let fingerprint = format!(
+        "{} quick={} train={} {fingerprint_hyper:?}\n",
+        options.experiment.name(),
+        options.quick,
+        task.train_len()
+    );
+    let config_file = dir.join("config.txt");
+    if std::fs::read_to_string(&config_file).ok().as_deref() != Some(fingerprint.as_str()) {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        std::fs::write(&config_file, &fingerprint).map_err(|e| io_error(&config_file, e))?;
+    }
+    let rows_file = dir.join("rows.csv");
+    let mut rows = super::report::read_rows(&rows_file).unwrap_or_default();
+    let mut start = 0;
+    for epoch in (1..=options.epochs).rev() {
+        let path = checkpoint_path(&dir, epoch);
+        if path.exists() && rows.len() >= epoch {
+            start = checkpoint::load(&path, &mut adam)?;
+            break;
+        }
+    }
+    rows.truncate(start);
+    let mut trainer = method.build(&hyper)?;
+    let batches_per_epoch = task.train_len().div_ceil(hyper.batch);
+    progress.set_length((options.epochs * batches_per_epoch) as u64);
+    progress.set_position((start * batches_per_epoch) as u64);
+    for epoch in start + 1..=options.epochs {
+        let started = Instant::now();
+        let mut rng = Rng::new(mix(seed, epoch));
+        let order = rng.permutation(task.train_len());
+        let (mut total, mut count, mut passes) = (0.0, 0usize, Passes::default());
+        task.set_train(true);
+        for batch in order.chunks(hyper.batch) {
+            let micro: Vec<&[usize]> = batch.chunks(hyper.micro_batch).collect();
+            let mut accumulator = Accumulator::new(micro.len())?;
+            let mut accumulated = None;
+            for part in micro {
+                let step = task.step(trainer.as_mut(), part, &mut rng)?;
+                passes = step.passes;
+                accumulated = accumulator.add(step)?;
+            }
+            let step = accumulated.expect("the accumulator completes on the last micro-batch");
+            let loss = step.clean_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    what: format!(
+                        "the training loss of {} (seed {seed}, epoch {epoch})",
+                        method.name()
+                    ),
+                });
+            }
+            adam.step(&step.grads)?;
+            total += loss * batch.len() as f64;
+            count += batch.len();
+            progress.inc(1);
+            progress.set_message(format!(
+                "{} seed {seed} loss {:.4}",
+                method.name(),
+                total / count as f64
+            ));
+        }
+        task.set_train(false);
+        let robust = if epoch == options.epochs {
+            task.robust_accuracy(&hyper)?
+        } else {
+            None
+        };
+        let row = EpochRow {
+            experiment: options.experiment.name().into(),
+            method: method.name().into(),
+            eps: run.eps,
+            seed,
+            epoch,
+            train_loss: total / count.max(1) as f64,
+            dev_accuracy: task.accuracy(false)?,
+            test_accuracy: task.accuracy(true)?,
+            fgsm_accuracy: robust.map_or(f64::NAN, |r| r.0),
+            pgd_accuracy: robust.map_or(f64::NAN, |r| r.1),
+            passes_forward: passes.forward,
+            passes_backward: passes.backward,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if options.verbose {
+            let line = format!(
+                "{:<16}{} seed {seed} epoch {epoch}: loss {:.4}, dev {:.4}, test {:.4}{} ({:.0} s)",
+                method.name(),
+                if method.uses_eps() {
+                    format!(" eps {}", run.eps)
+                } else {
+                    String::new()
+                },
+                row.train_loss,
+                row.dev_accuracy,
+                row.test_accuracy,
+                robust.map_or(String::new(), |(f, p)| format!(", fgsm {f:.4}, pgd {p:.4}")),
+                row.seconds
+            );
+            // A hidden bar (no terminal, as in CI) prints nothing: say it on stdout instead.
+            if progress.is_hidden() {
+                println!("{line}");
+            } else {
+                progress.println(line);
+            }
+        }
+        rows.push(row);
+        checkpoint::save(&checkpoint_path(&dir, epoch), &adam, epoch)?;
+        super::report::write_rows(&rows_file, &rows)?;
+    }
+    Ok(rows)
+}
+
+/// Runs every method over every seed; returns all rows and writes the results table, the summary
+/// and the figures under `options.out_dir`.
+pub fn run(options: &Options) -> Result<Vec<EpochRow>> {
+    advtrain::error::check_count("--seeds", options.seeds)?;
+    advtrain::error::check_count("--epochs", options.epochs)?;
+    let prepared = prepare(options)?;
+    let bars = indicatif::MultiProgress::new();
+    let runs = options.runs();
+    let overall = bars.add(indicatif::ProgressBar::new(runs.len() as u64));
+    overall.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs, {elapsed}")
+            .expect("a valid template"),
+    );
+    overall.set_prefix(options.experiment.name());
+    let mut rows = Vec::new();
+    for run in runs {
+        let bar = bars.add(indicatif::ProgressBar::new(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  [{bar:30}] {pos}/{len} batches {msg} ({eta})",
+            )
+            .expect("a valid template"),
+        );
+        rows.extend(run_one(options, &prepared, run, &bar)?);
+        bar.finish_and_clear();
+        overall.inc(1);
+    }
+    overall.finish();
+    super::report::write_all(options, &rows)?;
+    Ok(rows)
+}

@@ -1,0 +1,199 @@
+//! The experiments' data loaders: the shipped files load with the documented counts, malformed rows
+//! are errors naming file and line, CLUE JSONL reads, and splits are seeded.
+
+use advtrain::Error;
+use advtrain_experiments::data::{
+    Examples, clue_jsonl, mnist_csv, rotten_tomatoes, split, thucnews,
+};
+use std::path::{Path, PathBuf};
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("advtrain-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn line_of(e: Error) -> (Option<usize>, String) {
+    let text = e.to_string();
+    match e {
+        Error::Data { line, .. } => (line, text),
+        other => panic!("expected a data error, got {other}"),
+    }
+}
+
+#[test]
+fn thucnews_has_ten_classes_of_about_ten_thousand() {
+    let data = thucnews(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/thucnews_10w.tsv.xz"
+    )))
+    .unwrap();
+    assert_eq!(data.len(), 100_000);
+    assert_eq!(data.classes.len(), 10);
+    assert_eq!(data.classes[0], "education");
+    let mut counts = [0usize; 10];
+    for &y in &data.labels {
+        counts[y as usize] += 1;
+    }
+    assert!(
+        counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+        "{counts:?}"
+    );
+    assert_eq!(data.texts[0], "顺义北京苏活88平米起精装房在售均价16000");
+    assert_eq!(data.classes[data.labels[0] as usize], "realty");
+}
+
+#[test]
+fn rotten_tomatoes_drops_plot_rows() {
+    let data = rotten_tomatoes(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/rotten_tomatoes_corpus_full.csv.bz2"
+    )))
+    .unwrap();
+    assert_eq!(data.classes, ["fresh", "rotten"]);
+    let fresh = data.labels.iter().filter(|&&y| y == 0).count();
+    assert_eq!((fresh, data.len() - fresh), (7_403, 5_405));
+}
+
+#[test]
+fn mnist_has_five_hundred_per_digit() {
+    let data = mnist_csv(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/mnist_5k.csv.gz"
+    )))
+    .unwrap();
+    assert_eq!(data.len(), 5_000);
+    assert_eq!(data.pixels.len(), 5_000 * 784);
+    assert!(data.pixels.iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!(data.pixels.contains(&1.0));
+    for digit in 0..10 {
+        assert_eq!(data.labels.iter().filter(|&&y| y == digit).count(), 500);
+    }
+}
+
+#[test]
+fn a_missing_file_names_the_path() {
+    let e = thucnews(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/no-such-file.tsv"
+    )))
+    .unwrap_err();
+    let (line, text) = line_of(e);
+    assert_eq!(line, None);
+    assert!(
+        text.contains("no-such-file.tsv") && text.contains("cannot open"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_ragged_tsv_row_is_reported_at_its_line() {
+    let path = temp_file("ragged.tsv", "sports\tA\nsports\tB\textra\nfinance\tC\n");
+    let (line, text) = line_of(thucnews(&path).unwrap_err());
+    assert_eq!(line, Some(2), "{text}");
+    assert!(text.contains("expected 2 fields, found 3"), "{text}");
+}
+
+#[test]
+fn blank_lines_and_empty_texts_are_reported_at_their_lines() {
+    let path = temp_file("blank.tsv", "sports\tA\n\nfinance\tB\n");
+    let (line, text) = line_of(thucnews(&path).unwrap_err());
+    assert_eq!(line, Some(2), "{text}");
+    let path = temp_file("empty.tsv", "sports\tA\nsports\tB\nfinance\t \n");
+    let (line, text) = line_of(thucnews(&path).unwrap_err());
+    assert_eq!(line, Some(3), "{text}");
+    assert!(text.contains("empty text"), "{text}");
+}
+
+#[test]
+fn quoted_newlines_keep_csv_line_numbers_right() {
+    let path = temp_file(
+        "rt.csv",
+        "category,text,movie_name,has_plot_and_reviews\n\
+         fresh,\"two\nlines, and a comma\",m,False\n\
+         rotten,fine,m,False\n\
+         stale,bad label,m,False\n",
+    );
+    let (line, text) = line_of(rotten_tomatoes(&path).unwrap_err());
+    assert_eq!(line, Some(5), "{text}");
+    assert!(text.contains("unknown label \"stale\""), "{text}");
+}
+
+#[test]
+fn a_bad_pixel_is_reported_at_its_line() {
+    let good: Vec<String> = (0..784).map(|_| "0".to_string()).collect();
+    let mut bad = good.clone();
+    bad[10] = "300".into();
+    let contents = format!("{},3\n{},7\n", good.join(","), bad.join(","));
+    let (line, text) = line_of(mnist_csv(&temp_file("mnist.csv", &contents)).unwrap_err());
+    assert_eq!(line, Some(2), "{text}");
+    assert!(text.contains("\"300\""), "{text}");
+}
+
+#[test]
+fn clue_jsonl_reads_tnews_and_iflytek_lines() {
+    let train = temp_file(
+        "train.json",
+        "{\"label\": \"102\", \"label_desc\": \"news_entertainment\", \"sentence\": \"电影上映\", \"keywords\": \"\"}\n\
+         {\"label\": \"103\", \"label_desc\": \"news_sports\", \"sentence\": \"比赛结束\", \"keywords\": \"\"}\n\
+         \n\
+         {\"label\": 110, \"label_des\": \"社区超市\", \"sentence\": \"买菜\"}\n",
+    );
+    let data = clue_jsonl(&train, None).unwrap();
+    assert_eq!(data.classes, ["102", "103", "110"]);
+    assert_eq!(data.labels, [0, 1, 2]);
+    assert_eq!(data.texts[1], "比赛结束");
+    let dev = temp_file("dev.json", "{\"label\": \"103\", \"sentence\": \"进球\"}\n");
+    assert_eq!(clue_jsonl(&dev, Some(&data.classes)).unwrap().labels, [1]);
+    let unknown = temp_file("dev2.json", "{\"label\": \"999\", \"sentence\": \"x\"}\n");
+    let (line, _) = line_of(clue_jsonl(&unknown, Some(&data.classes)).unwrap_err());
+    assert_eq!(line, Some(1));
+}
+
+#[test]
+fn clue_jsonl_errors_name_the_line() {
+    let path = temp_file(
+        "broken.json",
+        "{\"label\": \"1\", \"sentence\": \"a\"}\n{\"label\": \"1\", \"sentence\": \n",
+    );
+    let (line, text) = line_of(clue_jsonl(&path, None).unwrap_err());
+    assert_eq!(line, Some(2));
+    assert!(text.contains("not JSON"), "{text}");
+    let path = temp_file("nolabel.json", "{\"sentence\": \"a\"}\n");
+    let (line, text) = line_of(clue_jsonl(&path, None).unwrap_err());
+    assert_eq!(line, Some(1));
+    assert!(text.contains("no \"label\""), "{text}");
+}
+
+#[test]
+fn splits_are_seeded_disjoint_and_complete() {
+    let data = thucnews(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/thucnews_10w.tsv.xz"
+    )))
+    .unwrap();
+    let a = split(&data, 0.1, 0.1, 7).unwrap();
+    let b = split(&data, 0.1, 0.1, 7).unwrap();
+    let c = split(&data, 0.1, 0.1, 8).unwrap();
+    assert_eq!(
+        (a.train.len(), a.dev.len(), a.test.len()),
+        (80_000, 10_000, 10_000)
+    );
+    assert_eq!(a.test.texts, b.test.texts);
+    assert_ne!(a.test.texts, c.test.texts);
+    let mut all: Vec<&String> = a
+        .train
+        .texts
+        .iter()
+        .chain(&a.dev.texts)
+        .chain(&a.test.texts)
+        .collect();
+    all.sort();
+    let mut original: Vec<&String> = data.texts.iter().collect();
+    original.sort();
+    assert_eq!(all, original);
+    assert!(split(&data, 0.6, 0.5, 1).is_err());
+    assert!(split(&data, -0.1, 0.1, 1).is_err());
+}

@@ -1,0 +1,328 @@
+//! The runner: an interrupted run resumes from its checkpoint to the same result, the results table
+//! round-trips through CSV, the summary's arithmetic, and the command line's errors.
+
+use advtrain_experiments::cli::parse;
+use advtrain_experiments::report::markdown;
+use advtrain_experiments::report::{mean_std, read_rows, summarise};
+use advtrain_experiments::run::{EpochRow, Experiment, Method, Options, Run, prepare, run_one};
+
+fn fgm(seed: u64) -> Run {
+    Run {
+        method: Method::Fgm,
+        eps: Experiment::Mnist.hyper().eps,
+        seed,
+    }
+}
+
+fn options(out: &str, epochs: usize) -> Options {
+    Options {
+        experiment: Experiment::Mnist,
+        methods: vec![Method::Fgm],
+        seeds: 1,
+        epochs,
+        quick: true,
+        data_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../data").into(),
+        out_dir: std::env::temp_dir().join(format!("advtrain-run-{}-{out}", std::process::id())),
+        verbose: false,
+        eps: Vec::new(),
+        subset: None,
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
+    let bar = indicatif::ProgressBar::hidden();
+    let straight = options("straight", 2);
+    let prepared = prepare(&straight).unwrap();
+    let whole = run_one(&straight, &prepared, fgm(1), &bar).unwrap();
+    // Interrupted after epoch 1, then started again asking for 2 epochs.
+    let interrupted = options("interrupted", 1);
+    run_one(&interrupted, &prepared, fgm(1), &bar).unwrap();
+    let resumed_options = Options {
+        epochs: 2,
+        ..interrupted.clone()
+    };
+    let resumed = run_one(&resumed_options, &prepared, fgm(1), &bar).unwrap();
+    assert_eq!(whole.len(), 2);
+    assert_eq!(resumed.len(), 2);
+    for (a, b) in whole.iter().zip(&resumed) {
+        assert_eq!(a.epoch, b.epoch);
+        assert_eq!(a.train_loss, b.train_loss, "epoch {}", a.epoch);
+        assert_eq!(a.test_accuracy, b.test_accuracy);
+    }
+    // Robust accuracy is measured at a run's last epoch.
+    assert_eq!(whole[1].pgd_accuracy, resumed[1].pgd_accuracy);
+    assert!(whole[0].pgd_accuracy.is_nan());
+    // A different seed gives a different run.
+    let other = run_one(&options("other", 1), &prepared, fgm(2), &bar).unwrap();
+    assert_ne!(other[0].train_loss, whole[0].train_loss);
+    // The rows file beside the checkpoints reads back as written.
+    let dir = advtrain_experiments::run::run_dir(&straight, &fgm(1));
+    let read = read_rows(&dir.join("rows.csv")).unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[1].test_accuracy, whole[1].test_accuracy);
+    assert_eq!(read[0].train_loss, whole[0].train_loss);
+}
+
+fn row(method: &str, seed: u64, epoch: usize, acc: f64) -> EpochRow {
+    EpochRow {
+        experiment: "x".into(),
+        method: method.into(),
+        eps: 0.05,
+        seed,
+        epoch,
+        train_loss: 0.0,
+        dev_accuracy: acc,
+        test_accuracy: acc,
+        fgsm_accuracy: f64::NAN,
+        pgd_accuracy: f64::NAN,
+        passes_forward: 1,
+        passes_backward: 1,
+        seconds: 1.0,
+    }
+}
+
+#[test]
+fn the_summary_compares_final_epochs_with_the_baseline() {
+    let rows = vec![
+        row("baseline", 1, 1, 0.1),
+        row("baseline", 1, 2, 0.5),
+        row("baseline", 2, 2, 0.7),
+        row("fgm", 1, 2, 0.8),
+        row("fgm", 2, 2, 0.6),
+    ];
+    let s = summarise(&rows);
+    assert_eq!(s[0].method, "baseline");
+    assert!((s[0].test.0 - 0.6).abs() < 1e-12);
+    let (d, se) = s[1].vs_baseline.unwrap();
+    assert!((d - 0.1).abs() < 1e-12);
+    let sd = mean_std(&[0.5, 0.7]).1;
+    assert!((se - (sd * sd / 2.0 + sd * sd / 2.0).sqrt()).abs() < 1e-12);
+    let table = markdown(&s, false);
+    assert!(
+        table.contains("| fgm | 2 | 70.00 ± 14.14 | +10.00 ± 14.14 |"),
+        "{table}"
+    );
+}
+
+#[test]
+fn one_seed_shows_no_spread() {
+    let s = summarise(&[row("baseline", 1, 1, 0.5), row("fgm", 1, 1, 0.625)]);
+    let table = markdown(&s, false);
+    assert!(table.contains("| fgm | 1 | 62.50 | +12.50 |"), "{table}");
+    assert!(!table.contains('±'), "{table}");
+}
+
+#[test]
+fn a_sweep_is_summarised_per_radius() {
+    let at = |method: &str, eps: f64, seed: u64, acc: f64| EpochRow {
+        eps,
+        ..row(method, seed, 1, acc)
+    };
+    let rows = vec![
+        at("baseline", 0.05, 1, 0.5),
+        at("fgm", 0.01, 1, 0.6),
+        at("fgm", 0.01, 2, 0.8),
+        at("fgm", 0.1, 1, 0.4),
+        at("vat", 0.05, 1, 0.3),
+    ];
+    let s = summarise(&rows);
+    let labels: Vec<&str> = s.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["baseline", "fgm eps=0.01", "fgm eps=0.1", "vat"]);
+    assert_eq!(s[1].seeds, 2);
+    assert!((s[1].test.0 - 0.7).abs() < 1e-12);
+    assert_eq!(s[2].eps, Some(0.1));
+    assert_eq!(s[0].eps, None);
+    // The runner plans each radius for the methods that have one, and one run for the others.
+    let o = parse(&[
+        "mnist".into(),
+        "--eps".into(),
+        "0.5,2".into(),
+        "--methods".into(),
+        "baseline,fgm".into(),
+        "--seeds".into(),
+        "2".into(),
+    ])
+    .unwrap();
+    let runs = o.runs();
+    assert_eq!(runs.len(), 2 + 2 * 2);
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.method == Method::Fgm && r.eps == 2.0)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_results_file_with_a_bad_cell_names_its_line() {
+    let path = std::env::temp_dir().join(format!("advtrain-rows-{}.csv", std::process::id()));
+    advtrain_experiments::report::write_rows(
+        &path,
+        &[row("fgm", 1, 1, 0.5), row("fgm", 1, 2, 0.6)],
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("0.6", "zero point six");
+    std::fs::write(&path, text).unwrap();
+    let e = read_rows(&path).unwrap_err().to_string();
+    assert!(
+        e.contains(":3:") && e.contains("not a number") && e.contains("fix: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_command_line_rejects_what_it_does_not_know() {
+    let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let o = parse(&args("mnist --quick --methods fgm,vat --seeds 2")).unwrap();
+    assert_eq!(o.methods, [Method::Fgm, Method::Vat]);
+    assert_eq!((o.seeds, o.epochs, o.quick), (2, 2, true));
+    assert!(o.out_dir.ends_with("mnist-quick"));
+    let full = parse(&args("thucnews")).unwrap();
+    assert!(full.out_dir.ends_with("data/results/thucnews"));
+    // Fine-tuning MiniLM: baseline, FGM and gradient penalty unless asked, one epoch.
+    let rt = parse(&args("rotten-tomatoes")).unwrap();
+    assert_eq!(
+        rt.methods,
+        [Method::Baseline, Method::Fgm, Method::GradientPenalty]
+    );
+    assert_eq!((rt.epochs, rt.seeds), (1, 3));
+    // Without the downloaded model, preparing says to run the setup script.
+    let missing = Options {
+        data_dir: "no-such-data".into(),
+        ..rt
+    };
+    let e = prepare(&missing).err().unwrap().to_string();
+    assert!(e.contains("scripts/setup.sh"), "{e}");
+    for bad in [
+        "",
+        "imagenet",
+        "mnist --methods fgsm",
+        "mnist --seeds x",
+        "mnist --epochs",
+        "mnist --fast",
+        "mnist --eps 0",
+        "mnist --eps 0.1,x",
+    ] {
+        let e = parse(&args(bad)).unwrap_err().to_string();
+        assert!(e.contains("fix: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn checkpoints_of_another_configuration_are_not_resumed() {
+    let bar = indicatif::ProgressBar::hidden();
+    let quick = options("config", 1);
+    let prepared = prepare(&quick).unwrap();
+    let first = run_one(&quick, &prepared, fgm(1), &bar).unwrap();
+    // Same folder, other data (not quick): the old checkpoint must not be taken.
+    let other = Options {
+        quick: false,
+        ..quick.clone()
+    };
+    let prepared_full = prepare(&other).unwrap();
+    let second = run_one(&other, &prepared_full, fgm(1), &bar).unwrap();
+    assert_ne!(first[0].train_loss, second[0].train_loss);
+}
+
+#[test]
+fn a_method_without_a_radius_keeps_its_checkpoint_when_eps_changes() {
+    let bar = indicatif::ProgressBar::hidden();
+    let options = Options {
+        methods: vec![Method::Baseline],
+        ..options("radius", 1)
+    };
+    let prepared = prepare(&options).unwrap();
+    let baseline = |eps| Run {
+        method: Method::Baseline,
+        eps,
+        seed: 1,
+    };
+    let first = run_one(&options, &prepared, baseline(0.1), &bar).unwrap();
+    let checkpoint =
+        advtrain_experiments::run::run_dir(&options, &baseline(0.1)).join("epoch-1.safetensors");
+    let written = std::fs::metadata(&checkpoint).unwrap().modified().unwrap();
+    let again = run_one(&options, &prepared, baseline(0.2), &bar).unwrap();
+    assert_eq!(
+        std::fs::metadata(&checkpoint).unwrap().modified().unwrap(),
+        written,
+        "the baseline was trained again for another eps"
+    );
+    assert_eq!(first[0].train_loss, again[0].train_loss);
+    // A method with a radius does train again (in its own folder) for another eps.
+    let fgm_at = |eps| Run {
+        method: Method::Fgm,
+        eps,
+        seed: 1,
+    };
+    let a = run_one(&options, &prepared, fgm_at(0.1), &bar).unwrap();
+    let b = run_one(&options, &prepared, fgm_at(1.0), &bar).unwrap();
+    assert_ne!(a[0].train_loss, b[0].train_loss);
+}
+
+/// The acceptance test as a user meets it: the binary is killed in the middle of an epoch, started
+/// again with the same command, and its final table equals an uninterrupted run's (wall time aside).
+#[test]
+fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
+    use std::process::Command;
+    let root = std::env::temp_dir().join(format!("advtrain-kill-{}", std::process::id()));
+    let command = |out: &std::path::Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_advtrain"));
+        c.args([
+            "experiment",
+            "mnist",
+            "--quick",
+            "--seeds",
+            "1",
+            "--methods",
+            "fgm",
+        ])
+        .args(["--epochs", "3"])
+        .args(["--data", concat!(env!("CARGO_MANIFEST_DIR"), "/../data")])
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null());
+        c
+    };
+    let straight = root.join("straight");
+    assert!(command(&straight).status().unwrap().success());
+
+    let killed = root.join("killed");
+    let checkpoints = killed.join("checkpoints/fgm-eps1-seed1");
+    let mut child = command(&killed).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !checkpoints.join("epoch-1.safetensors").exists() {
+        assert!(
+            started.elapsed().as_secs() < 600,
+            "no checkpoint after 10 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before epoch 1's checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !checkpoints.join("epoch-2.safetensors").exists(),
+        "epoch 2 ended within 300 ms: the kill did not land mid-epoch"
+    );
+    assert!(!killed.join("results.csv").exists());
+    assert!(command(&killed).status().unwrap().success());
+
+    let a = read_rows(&straight.join("results.csv")).unwrap();
+    let b = read_rows(&killed.join("results.csv")).unwrap();
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        let y = EpochRow {
+            seconds: x.seconds,
+            ..y.clone()
+        };
+        assert_eq!(format!("{x:?}"), format!("{y:?}"), "epoch {}", x.epoch);
+    }
+    std::fs::remove_dir_all(&root).ok();
+}

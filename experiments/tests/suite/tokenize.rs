@@ -1,0 +1,88 @@
+//! Tokenisation: the Chinese WordPiece tokenizer covers THUCNews, keeps Latin capitals, truncates, and
+//! batches pad with a mask.
+
+use advtrain_experiments::data::{subsample, thucnews};
+use advtrain_experiments::tokenize::{TextTokenizer, pad_batch};
+use candle_core::{DType, Device};
+use std::path::Path;
+
+fn chinese(max_len: usize) -> TextTokenizer {
+    TextTokenizer::wordpiece(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/bert-base-chinese-vocab.txt"
+        )),
+        max_len,
+    )
+    .unwrap()
+}
+
+#[test]
+fn chinese_headlines_get_cls_and_sep_and_one_token_per_character() {
+    let t = chinese(64);
+    assert_eq!(t.vocab_size(), 21_128);
+    let ids = t.encode(&["乌克兰大选".to_string()]).unwrap();
+    assert_eq!(ids[0].len(), 5 + 2);
+    assert_eq!(ids[0][0], 101); // [CLS]
+    assert_eq!(*ids[0].last().unwrap(), 102); // [SEP]
+}
+
+#[test]
+fn the_vocab_covers_thucnews_and_latin_capitals() {
+    let t = chinese(64);
+    let data = subsample(
+        &thucnews(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/thucnews_10w.tsv.xz"
+        )))
+        .unwrap(),
+        2_000,
+        1,
+    );
+    let encoded = t.encode(&data.texts).unwrap();
+    let unknown = t.unknown_fraction(&encoded);
+    assert!(unknown < 0.005, "unknown fraction {unknown}");
+    let upper = t.encode(&["NBA 2K".to_string()]).unwrap();
+    assert_eq!(t.unknown_fraction(&upper), 0.0);
+}
+
+#[test]
+fn long_texts_are_truncated_to_max_len() {
+    let t = chinese(16);
+    let ids = t.encode(&["很".repeat(100)]).unwrap();
+    assert_eq!(ids[0].len(), 16);
+    assert_eq!(*ids[0].last().unwrap(), 102);
+}
+
+#[test]
+fn a_missing_vocab_is_a_clear_error() {
+    let e = TextTokenizer::wordpiece(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/none.txt")),
+        16,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("data/none.txt") && e.contains("bert-base-chinese-vocab"),
+        "{e}"
+    );
+    assert!(
+        TextTokenizer::wordpiece(
+            Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../data/bert-base-chinese-vocab.txt"
+            )),
+            2
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn batches_pad_to_the_longest_with_a_mask() {
+    let (ids, mask) = pad_batch(&[&[5, 6, 7], &[8]], 0, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(ids.to_vec2::<u32>().unwrap(), [[5, 6, 7], [8, 0, 0]]);
+    assert_eq!(mask.to_vec2::<f32>().unwrap(), [[1., 1., 1.], [1., 0., 0.]]);
+    assert!(pad_batch(&[], 0, DType::F32, &Device::Cpu).is_err());
+}

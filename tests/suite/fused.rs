@@ -1,0 +1,395 @@
+//! Fused differentiable ops (src/fused/): each equals its composite form in value, gradient and
+//! Hessian-vector product; first, second and third derivatives match finite differences in f64;
+//! bad input is an error, not a panic.
+
+use advtrain::verify::{gradcheck, gradcheck_second_order, relative_error};
+use advtrain::{Rng, Target};
+use advtrain::{fused, ops};
+use candle_core::{DType, Device, Tensor, Var};
+
+type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+type ScalarFn = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+
+/// One fused op, its composite reference and the shape of its test input.
+struct Case {
+    name: &'static str,
+    fused: Op,
+    composite: Op,
+    shape: (usize, usize),
+}
+
+fn labels() -> Tensor {
+    Tensor::new(&[3u32, 0, 6, 6, 1], &Device::Cpu).unwrap()
+}
+
+/// A 7 -> 6 layer's weight and bias.
+fn layer(dtype: DType) -> (Tensor, Tensor) {
+    let mut rng = Rng::new(11);
+    let w = (rng.normal((6, 7), DType::F64, &Device::Cpu).unwrap() * 0.4).unwrap();
+    let b = (rng.normal(6, DType::F64, &Device::Cpu).unwrap() * 0.1).unwrap();
+    (w.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap())
+}
+
+fn cases() -> Vec<Case> {
+    let weight = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.7, 1.1, -0.3], &Device::Cpu).unwrap();
+    let bias = Tensor::new(&[0.1f64, -0.2, 0.3, 0.0, 0.5, -0.4, 0.2], &Device::Cpu).unwrap();
+    let affine =
+        |w: &Tensor, b: &Tensor, dtype| (w.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+    let (w1, b1) = (weight.clone(), bias.clone());
+    let (w2, b2) = (weight, bias);
+    vec![
+        Case {
+            name: "linear",
+            // GELU after the layer: a linear map alone has no third derivative to check.
+            fused: Box::new(|x| {
+                let (w, b) = layer(x.dtype());
+                fused::gelu_erf(&fused::linear(x, &w, Some(&b))?)
+            }),
+            composite: Box::new(|x| {
+                let (w, b) = layer(x.dtype());
+                ops::gelu_erf(&x.matmul(&w.t()?)?.broadcast_add(&b)?)
+            }),
+            shape: (5, 7),
+        },
+        Case {
+            name: "gelu_erf",
+            fused: Box::new(fused::gelu_erf),
+            composite: Box::new(ops::gelu_erf),
+            shape: (4, 25),
+        },
+        Case {
+            name: "gelu_tanh",
+            fused: Box::new(fused::gelu_tanh),
+            composite: Box::new(ops::gelu_tanh),
+            shape: (4, 25),
+        },
+        Case {
+            name: "layer_norm",
+            fused: Box::new(move |x| {
+                let (w, b) = affine(&w1, &b1, x.dtype());
+                fused::layer_norm(x, Some(&w), Some(&b), 1e-3)
+            }),
+            composite: Box::new(move |x| {
+                let (w, b) = affine(&w2, &b2, x.dtype());
+                advtrain::ops::layer_norm(x, Some(&w), Some(&b), 1e-3)
+            }),
+            shape: (5, 7),
+        },
+        Case {
+            name: "softmax_last_dim",
+            fused: Box::new(fused::softmax_last_dim),
+            composite: Box::new(advtrain::ops::softmax_last_dim),
+            shape: (5, 7),
+        },
+        Case {
+            name: "log_softmax_last_dim",
+            fused: Box::new(fused::log_softmax_last_dim),
+            composite: Box::new(advtrain::ops::log_softmax_last_dim),
+            shape: (5, 7),
+        },
+        Case {
+            name: "cross_entropy",
+            fused: Box::new(|z| fused::cross_entropy(z, &labels())),
+            // candle_nn's cross_entropy fails in a double backward whose incoming gradient
+            // depends on the input (its gather's backward scatters with mismatched shapes), so
+            // the reference is the soft-target form with one-hot targets.
+            composite: Box::new(|z| {
+                let onehot = candle_nn::encoding::one_hot(labels(), 7, 1.0, 0.0)?;
+                advtrain::ops::soft_cross_entropy(z, &onehot.to_dtype(z.dtype())?)
+            }),
+            shape: (5, 7),
+        },
+    ]
+}
+
+fn points(shape: (usize, usize), dtype: DType) -> Tensor {
+    // Both tails and the middle: GELU's derivatives change sign near |x| = sqrt 2 and 2.
+    let mut rng = Rng::new(3);
+    (rng.normal(shape, DType::F64, &Device::Cpu).unwrap() * 2.0)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// A nonlinear scalar that weights every element differently, so a wrong entry cannot cancel, and
+/// whose gradient depends on the output (so a double backward meets both arguments of each
+/// backward op).
+fn scalar(y: &Tensor) -> candle_core::Result<Tensor> {
+    let n = y.elem_count();
+    let w = (Tensor::arange(1.0, n as f64 + 1.0, y.device())? / n as f64)?
+        .to_dtype(y.dtype())?
+        .reshape(y.shape())?;
+    ((y + (y.sqr()? * 0.5)?)? * w)?.sum_all()
+}
+
+fn through<'a>(op: &'a Op) -> impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'a {
+    move |x| scalar(&op(x)?)
+}
+
+fn gradient(f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Tensor) -> Tensor {
+    let var = Var::from_tensor(x).unwrap();
+    let grads = f(var.as_tensor()).unwrap().backward().unwrap();
+    grads.get(var.as_tensor()).unwrap().clone()
+}
+
+fn hvp(f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Tensor, v: &Tensor) -> Tensor {
+    let target = Target::input(x).unwrap();
+    advtrain::laplacian::hessian_vector_product(&target, f, v).unwrap()
+}
+
+#[test]
+fn values_gradients_and_hessian_vector_products_equal_the_composite_forms() {
+    for case in cases() {
+        for (dtype, tolerance) in [(DType::F64, 1e-14), (DType::F32, 2e-6)] {
+            let x = points(case.shape, dtype);
+            let v = points(case.shape, dtype).t().unwrap().contiguous().unwrap();
+            let v = v.reshape(x.shape()).unwrap();
+            let (fused, composite) = (through(&case.fused), through(&case.composite));
+            let value =
+                relative_error(&(case.fused)(&x).unwrap(), &(case.composite)(&x).unwrap()).unwrap();
+            let grad = relative_error(&gradient(&fused, &x), &gradient(&composite, &x)).unwrap();
+            let second = relative_error(&hvp(&fused, &x, &v), &hvp(&composite, &x, &v)).unwrap();
+            println!(
+                "{} {dtype:?}: value {value:.1e}, gradient {grad:.1e}, Hv {second:.1e}",
+                case.name
+            );
+            assert!(value < tolerance, "{} {dtype:?} value {value:e}", case.name);
+            assert!(
+                grad < tolerance * 10.0,
+                "{} {dtype:?} gradient {grad:e}",
+                case.name
+            );
+            assert!(
+                second < tolerance * 100.0,
+                "{} {dtype:?} Hv {second:e}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn strided_input_gives_the_same_values() {
+    for case in cases().into_iter().filter(|c| c.name != "cross_entropy") {
+        let x = points((case.shape.1, case.shape.0), DType::F64)
+            .t()
+            .unwrap();
+        assert!(!x.is_contiguous());
+        let e = relative_error(&(case.fused)(&x).unwrap(), &(case.composite)(&x).unwrap()).unwrap();
+        assert!(e < 1e-14, "{}: {e:e}", case.name);
+    }
+}
+
+#[test]
+fn first_second_and_third_derivatives_match_finite_differences() {
+    for case in cases() {
+        let x = points(case.shape, DType::F64);
+        let f = through(&case.fused);
+        let first = gradcheck(&f, &x, 1e-5).unwrap();
+        let v = Rng::new(4)
+            .normal(x.shape(), DType::F64, &Device::Cpu)
+            .unwrap();
+        let second = gradcheck_second_order(&f, &x, &v, 1e-5).unwrap();
+        // Third order through the composite tails: the Hessian-vector product's own gradient.
+        let third = gradcheck(
+            |x: &Tensor| {
+                let t = Target::input(x)?;
+                let hv = advtrain::laplacian::hessian_vector_product(&t, &f, &v)?;
+                scalar(&hv)
+            },
+            &x,
+            1e-5,
+        )
+        .unwrap();
+        println!(
+            "{}: first {:.1e}, second {:.1e}, third {:.1e}",
+            case.name, first.relative_error, second.relative_error, third.relative_error
+        );
+        for (order, check, tolerance) in [(1, first, 1e-8), (2, second, 1e-7), (3, third, 1e-6)] {
+            assert!(
+                check.norm > 0.0,
+                "{} order {order}: zero derivative",
+                case.name
+            );
+            assert!(
+                check.relative_error < tolerance,
+                "{} order {order}: {check:?}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_fused_gradient_is_exact_where_candles_gelu_erf_is_not() {
+    let x = points((4, 25), DType::F64);
+    let linear =
+        |f: fn(&Tensor) -> candle_core::Result<Tensor>| move |x: &Tensor| (f(x)? * 1.0)?.sum_all();
+    let fused = gradient(&linear(|x| fused::gelu_erf(x)), &x);
+    let composite = gradient(&linear(|x| ops::gelu_erf(x)), &x);
+    let candle = gradient(&linear(|x| x.gelu_erf()), &x);
+    let ours = relative_error(&fused, &composite).unwrap();
+    let theirs = relative_error(&candle, &composite).unwrap();
+    assert!(ours < 1e-14, "{ours:e}");
+    // candle's backward uses 0.398942 for 1/sqrt(2 pi): a relative error near 1e-7, far above f64's.
+    assert!(theirs > 1e-9, "{theirs:e}");
+    println!("gelu_erf gradient vs exact: fused {ours:.1e}, candle {theirs:.1e}");
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_argument() {
+    let ints = Tensor::new(&[1u32, 2, 3], &Device::Cpu).unwrap();
+    let message = fused::gelu_erf(&ints).unwrap_err().to_string();
+    assert!(
+        message.contains("x") && message.contains("to_dtype"),
+        "{message}"
+    );
+    let scalar = Tensor::new(1.0f64, &Device::Cpu).unwrap();
+    assert!(fused::softmax_last_dim(&scalar).is_err());
+    let logits = points((5, 7), DType::F64);
+    let short = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    let message = fused::cross_entropy(&logits, &short)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("labels"), "{message}");
+    let out_of_range = Tensor::new(&[1u32, 2, 3, 4, 7], &Device::Cpu).unwrap();
+    let message = fused::cross_entropy(&logits, &out_of_range)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("out of range"), "{message}");
+    let candle = candle_nn::loss::cross_entropy(&logits, &labels()).unwrap();
+    let ours = fused::cross_entropy(&logits, &labels()).unwrap();
+    assert!(relative_error(&ours, &candle).unwrap() < 1e-15);
+    let message = fused::layer_norm(&logits, None, None, -1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("eps"), "{message}");
+}
+
+#[test]
+fn the_f32_erf_and_exp_are_accurate_over_their_range() {
+    // erf: absolute error over [-6, 6] (outside [-4, 4] it is +-1 to f32 precision).
+    let mut worst_erf: f64 = 0.0;
+    for i in 0..=120_000 {
+        let x = -6.0 + i as f64 * 1e-4;
+        let exact = candle_core::cpu::erf::erf_f64(x);
+        worst_erf = worst_erf.max((fused::erf_f32(x as f32) as f64 - exact).abs());
+    }
+    // exp: relative error over the whole normal range, to the exp of the f32 input.
+    let mut worst_exp: f64 = 0.0;
+    for i in 0..=200_000 {
+        let x = (-87.0 + i as f64 * 175.0 / 200_000.0) as f32;
+        let exact = (x as f64).exp();
+        worst_exp = worst_exp.max(((fused::exp_f32(x) as f64 - exact) / exact).abs());
+    }
+    println!("f32 erf max abs error {worst_erf:.1e}, exp max rel error {worst_exp:.1e}");
+    assert!(worst_erf < 5e-7, "{worst_erf:e}");
+    assert!(worst_exp < 2e-7, "{worst_exp:e}");
+    // Far outside the range: saturated, never NaN or infinite.
+    assert!((fused::erf_f32(-50.0) + 1.0).abs() < 5e-7);
+    assert!((fused::erf_f32(f32::INFINITY) - 1.0).abs() < 5e-7);
+    assert!(fused::exp_f32(-1000.0) >= 0.0 && fused::exp_f32(-1000.0) < 1e-37);
+    assert!(fused::exp_f32(1000.0).is_finite());
+}
+
+/// Two layers `x -> gelu(x W1^T + b1) W2^T + b2 -> scalar` with `W1` as the argument, fused or with
+/// candle's matmul.
+fn two_layers(fused_ops: bool) -> impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> {
+    move |x: &Tensor, w1: &Tensor| {
+        let (_, b1) = layer(x.dtype());
+        let mut rng = Rng::new(12);
+        let w2 = (rng.normal((3, 6), DType::F64, &Device::Cpu)? * 0.5)?.to_dtype(x.dtype())?;
+        let b2 = Tensor::new(&[0.1f64, -0.1, 0.2], &Device::Cpu)?.to_dtype(x.dtype())?;
+        let e = candle_core::Error::from;
+        let y = if fused_ops {
+            let h = fused::gelu_erf(&fused::linear(x, w1, Some(&b1)).map_err(e)?).map_err(e)?;
+            fused::linear(&h, &w2, Some(&b2)).map_err(e)?
+        } else {
+            let h = ops::gelu_erf(&x.matmul(&w1.t()?)?.broadcast_add(&b1)?).map_err(e)?;
+            h.matmul(&w2.t()?)?.broadcast_add(&b2)?
+        };
+        scalar(&y)
+    }
+}
+
+/// `||dL/dx||^2` (gradient penalty) and `v^T H_x v` (Hutchinson) as functions of `W1`.
+fn penalty_and_curvature(fused_ops: bool, x: &Tensor, v: &Tensor) -> [ScalarFn; 3] {
+    let loss = two_layers(fused_ops);
+    let (x1, x2, x3, v3) = (x.clone(), x.clone(), x.clone(), v.clone());
+    let e = candle_core::Error::from;
+    [
+        Box::new(move |w1| loss(&x1, w1)),
+        Box::new(move |w1| {
+            let target = Target::input(&x2).map_err(e)?;
+            let f = |p: &Tensor| two_layers(fused_ops)(p, w1);
+            let g = target.loss_and_gradient(&f).map_err(e)?.gradient;
+            g.sqr()?.sum_all()
+        }),
+        Box::new(move |w1| {
+            let target = Target::input(&x3).map_err(e)?;
+            let f = |p: &Tensor| two_layers(fused_ops)(p, w1);
+            let hv = advtrain::laplacian::hessian_vector_product(&target, &f, &v3).map_err(e)?;
+            (hv * &v3)?.sum_all()
+        }),
+    ]
+}
+
+#[test]
+fn linear_weight_gradients_through_gradient_penalty_and_hutchinson_match() {
+    let x = points((5, 7), DType::F64);
+    let v = Rng::new(5)
+        .rademacher((5, 7), DType::F64, &Device::Cpu)
+        .unwrap();
+    let (w1, _) = layer(DType::F64);
+    let fused_fns = penalty_and_curvature(true, &x, &v);
+    let composite_fns = penalty_and_curvature(false, &x, &v);
+    for (i, name) in ["loss", "gradient penalty", "Hutchinson"]
+        .iter()
+        .enumerate()
+    {
+        // Against finite differences in W1 (the loss's first, the penalty's second and the
+        // curvature's third derivative) and against candle's matmul.
+        let check = gradcheck(&fused_fns[i], &w1, 1e-5).unwrap();
+        let fused_grad = gradient(&fused_fns[i], &w1);
+        let composite_grad = gradient(&composite_fns[i], &w1);
+        let agreement = relative_error(&fused_grad, &composite_grad).unwrap();
+        println!(
+            "{name}: d/dW1 vs finite differences {:.1e}, vs candle's matmul {agreement:.1e}",
+            check.relative_error
+        );
+        assert!(check.norm > 0.0, "{name}: zero gradient");
+        assert!(check.relative_error < 1e-7, "{name}: {check:?}");
+        assert!(agreement < 1e-13, "{name}: {agreement:e}");
+    }
+}
+
+#[test]
+fn backward_for_leaves_out_the_weights_and_keeps_the_point() {
+    let x = points((5, 7), DType::F64);
+    let (w, b) = layer(DType::F64);
+    let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+    let probe = Var::zeros((5, 7), DType::F64, &Device::Cpu).unwrap();
+    let point = (&x + probe.as_tensor()).unwrap();
+    let loss =
+        scalar(&fused::gelu_erf(&fused::linear(&point, &w, Some(&b)).unwrap()).unwrap()).unwrap();
+    let all = loss.backward().unwrap();
+    let only = fused::backward_for(&loss, &[probe.as_tensor()]).unwrap();
+    let at_point = |g: &candle_core::backprop::GradStore| g.get(probe.as_tensor()).unwrap().clone();
+    assert!(relative_error(&at_point(&only), &at_point(&all)).unwrap() < 1e-15);
+    assert!(all.get(w.as_tensor()).is_some() && all.get(b.as_tensor()).is_some());
+    assert!(only.get(w.as_tensor()).is_none() && only.get(b.as_tensor()).is_none());
+    // Leaving out a variable fed to the layer keeps the weights' gradients and drops its own.
+    let input = Var::from_tensor(&x).unwrap();
+    let loss =
+        scalar(&fused::gelu_erf(&fused::linear(&input, &w, Some(&b)).unwrap()).unwrap()).unwrap();
+    let all = loss.backward().unwrap();
+    let except = fused::backward_except(&loss, &[input.as_tensor()]).unwrap();
+    let weight = |g: &candle_core::backprop::GradStore| g.get(w.as_tensor()).unwrap().clone();
+    assert!(relative_error(&weight(&except), &weight(&all)).unwrap() < 1e-15);
+    assert!(all.get(input.as_tensor()).is_some() && except.get(input.as_tensor()).is_none());
+    // A non-variable in the list is not left out (candle needs its gradient to go on).
+    let through_point = fused::backward_except(&loss, &[&point]).unwrap();
+    assert!(through_point.get(w.as_tensor()).is_some());
+    // The choice ends with the pass: a plain backward afterwards computes everything again.
+    assert!(loss.backward().unwrap().get(w.as_tensor()).is_some());
+}

@@ -1,0 +1,32 @@
+//! The test suite, one module per concept (`src/<concept>.rs` <-> `tests/suite/<concept>.rs`), linked
+//! into one binary. `tests/gpu.rs` is the GPU suite's own binary (scripts/build-gpu-suite.sh).
+mod ball;
+mod device;
+mod divergence;
+mod dropout;
+mod equivalence;
+mod error;
+mod fgm;
+mod free_at;
+mod freelb;
+mod fused;
+mod gradient_penalty;
+mod init;
+mod laplacian;
+mod method;
+mod noise;
+mod norm;
+mod ops;
+mod pgd;
+mod regulariser;
+mod rng;
+mod second_order;
+mod smart;
+mod spectral_norm;
+mod step;
+mod target;
+mod target_shift;
+mod toy;
+mod vat;
+mod verify;
+mod yopo;
