@@ -64,23 +64,23 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(layer_norm(
+        layer_norm(
             x,
             Some(&self.weight),
             Some(&self.bias),
             self.eps,
-        )?)
+        )
     }
 }
 
 /// Softmax over the last dimension, differentiable (unlike `candle_nn::ops::softmax_last_dim`).
 pub fn softmax_last_dim(x: &Tensor) -> OpResult<Tensor> {
-    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    candle_nn::ops::softmax(x, D::Minus1)
 }
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax_last_dim(x: &Tensor) -> OpResult<Tensor> {
-    Ok(candle_nn::ops::log_softmax(x, D::Minus1)?)
+    candle_nn::ops::log_softmax(x, D::Minus1)
 }
 
 /// Cross-entropy against soft targets (rows of probabilities), averaged over the batch:
@@ -96,7 +96,7 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> OpResult<Tensor>
         .into());
     }
     let log_p = log_softmax_last_dim(logits)?;
-    Ok((log_p * targets)?.sum(D::Minus1)?.mean_all()?.neg()?)
+    (log_p * targets)?.sum(D::Minus1)?.mean_all()?.neg()
 }
 
 /// The exact GELU `x Phi(x)` from candle's differentiable primitives: the reference

@@ -53,11 +53,11 @@ pub struct ExperimentArgs {
     /// Examples drawn before the train/dev/test split (THUCNews: 5000 of 100000 unless given).
     #[arg(long)]
     pub subset: Option<usize>,
-    /// A subset and 2 epochs, a few minutes; results go to target/experiments/<name>-quick unless
+    /// A subset and 2 epochs, a few minutes; results go to target/experiments/NAME-quick unless
     /// --out is given.
     #[arg(long)]
     pub quick: bool,
-    /// Where results go (full runs: data/results/<name>).
+    /// Where results go (full runs: data/results/NAME).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Where the data folder is.

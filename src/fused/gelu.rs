@@ -236,7 +236,7 @@ fn fused_or(
     if !x.device().is_cpu() {
         return composite(x);
     }
-    Ok(x.contiguous()?.apply_op1(op)?)
+    x.contiguous()?.apply_op1(op)
 }
 
 /// `x Phi(x)`, the exact GELU, as one fused pass with a fused, differentiable backward (CPU; the

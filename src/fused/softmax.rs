@@ -228,7 +228,7 @@ pub fn softmax_last_dim(z: &Tensor) -> candle_core::Result<Tensor> {
     if !z.device().is_cpu() {
         return crate::ops::softmax_last_dim(z);
     }
-    Ok(z.contiguous()?.apply_op1(Softmax)?)
+    z.contiguous()?.apply_op1(Softmax)
 }
 
 /// Log-softmax over the last dimension, fused like [`softmax_last_dim`].
@@ -237,7 +237,7 @@ pub fn log_softmax_last_dim(z: &Tensor) -> candle_core::Result<Tensor> {
     if !z.device().is_cpu() {
         return crate::ops::log_softmax_last_dim(z);
     }
-    Ok(z.contiguous()?.apply_op1(LogSoftmax)?)
+    z.contiguous()?.apply_op1(LogSoftmax)
 }
 
 /// Mean cross-entropy of logits `(b, k)` against class labels `(b,)` (u32, u8 or i64), in one pass
@@ -266,11 +266,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Te
         .into());
     }
     if !logits.device().is_cpu() {
-        return Ok(candle_nn::loss::cross_entropy(logits, labels)?);
+        return candle_nn::loss::cross_entropy(logits, labels);
     }
     let labels = labels.to_dtype(DType::U32)?.contiguous()?;
-    Ok(logits
+    logits
         .contiguous()?
         .apply_op2(&labels, CrossEntropy)?
-        .mean_all()?)
+        .mean_all()
 }

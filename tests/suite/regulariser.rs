@@ -100,7 +100,9 @@ fn plain_training_plus_a_regulariser_is_the_regularising_methods_own_step() {
     let target = Target::embedding_output(&embeddings, Some(&b.mask)).unwrap();
     let batch = Batch::with_outputs(&target, &logits, &task);
     let vars = model.vars();
-    let pairs: Vec<(&str, Box<dyn Method>, Box<dyn Method>)> = vec![
+    // (name, plain training plus the regulariser, the regularising method's own step)
+    type Pair = (&'static str, Box<dyn Method>, Box<dyn Method>);
+    let pairs: Vec<Pair> = vec![
         (
             "gradient penalty",
             Box::new(Plain.with(GradientPenalty::new(0.5).unwrap())),
