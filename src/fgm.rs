@@ -15,22 +15,59 @@ use crate::target::Target;
 use crate::{Result, Rng};
 use candle_core::Tensor;
 
+/// FGM's hyper-parameters. The defaults are the seeds' FGM on the embedding layer (and its common
+/// PyTorch form): `epsilon = 1`, the gradient normalised over the whole tensor, the adversarial loss
+/// added to the clean one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FgmConfig {
+    /// The step's size eps (>= 0).
+    pub eps: f64,
+    /// The step's geometry: raw, L2 (per example or per batch) or sign (FGSM).
+    pub norm: StepNorm,
+    /// Adversarial loss alone, or clean + adversarial.
+    pub objective: Objective,
+}
+
+impl Default for FgmConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1.0,
+            norm: StepNorm::L2(Scope::PerBatch),
+            objective: Objective::CleanPlusAdversarial,
+        }
+    }
+}
+
+impl FgmConfig {
+    /// Checks every value; the one place FGM's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)
+    }
+}
+
 /// The fast gradient method.
 #[derive(Clone, Copy, Debug)]
 pub struct Fgm {
-    eps: f64,
-    norm: StepNorm,
-    objective: Objective,
+    config: FgmConfig,
 }
 
 impl Fgm {
-    /// FGM with step size `eps` (>= 0), L2-normalised per batch, clean + adversarial objective.
+    /// FGM with validated settings.
+    pub fn from_config(config: FgmConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FgmConfig {
+        &self.config
+    }
+
+    /// FGM with step size `eps` (>= 0), the other settings at their defaults ([`FgmConfig`]).
     pub fn new(eps: f64) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        Ok(Self {
+        Self::from_config(FgmConfig {
             eps,
-            norm: StepNorm::L2(Scope::PerBatch),
-            objective: Objective::CleanPlusAdversarial,
+            ..FgmConfig::default()
         })
     }
 
@@ -41,30 +78,30 @@ impl Fgm {
 
     /// Sets the step geometry.
     pub fn with_norm(mut self, norm: StepNorm) -> Self {
-        self.norm = norm;
+        self.config.norm = norm;
         self
     }
 
     /// Sets the training objective.
     pub fn with_objective(mut self, objective: Objective) -> Self {
-        self.objective = objective;
+        self.config.objective = objective;
         self
     }
 
     /// The step size.
     pub fn eps(&self) -> f64 {
-        self.eps
+        self.config.eps
     }
 
     /// The step geometry.
     pub fn norm(&self) -> StepNorm {
-        self.norm
+        self.config.norm
     }
 
     /// The perturbation `eps * d(g)` for a gradient `g` w.r.t. the target's point (detached); zero
     /// where `g` is zero.
     pub fn perturbation(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
-        Ok((self.norm.direction(target, g)? * self.eps)?)
+        Ok((self.config.norm.direction(target, g)? * self.config.eps)?)
     }
 }
 
@@ -84,7 +121,7 @@ impl Method for Fgm {
             double_backward: 0,
         };
         combine(
-            self.objective,
+            self.config.objective,
             clean,
             &adversarial,
             adversarial_grads,

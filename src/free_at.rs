@@ -17,32 +17,72 @@ use crate::step::{CleanPass, Passes, Step};
 use crate::{Result, Rng};
 use candle_core::{Shape, Tensor};
 
+/// FreeAT's hyper-parameters. The defaults are Shafahi et al. (2019)'s CIFAR-10 setting: m = 8
+/// replays, sign steps of size eps = 8/255 (pixels in [0, 1]) in the L-infinity ball of the same
+/// radius.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FreeAtConfig {
+    /// The step's size and the ball's radius eps (>= 0).
+    pub eps: f64,
+    /// How many times each batch is replayed, m (>= 1).
+    pub replays: usize,
+    /// The step geometry (its ball has radius eps).
+    pub norm: StepNorm,
+}
+
+impl Default for FreeAtConfig {
+    fn default() -> Self {
+        Self {
+            eps: 8.0 / 255.0,
+            replays: 8,
+            norm: StepNorm::Sign,
+        }
+    }
+}
+
+impl FreeAtConfig {
+    /// Checks every value; the one place FreeAT's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_count("replays", self.replays)
+    }
+}
+
 /// Free adversarial training: a training loop calls [`Method::step`] `replays()` times per batch,
 /// with an optimiser update after each.
 #[derive(Clone, Debug)]
 pub struct FreeAt {
-    eps: f64,
-    replays: usize,
-    norm: StepNorm,
+    config: FreeAtConfig,
     delta: Option<Tensor>,
 }
 
 impl FreeAt {
-    /// Step and radius `eps` (sign step, L-infinity ball, as in the paper), `replays` = m.
-    pub fn new(eps: f64, replays: usize) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        check_count("replays", replays)?;
+    /// FreeAT with validated settings.
+    pub fn from_config(config: FreeAtConfig) -> Result<Self> {
+        config.validate()?;
         Ok(Self {
+            config,
+            delta: None,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FreeAtConfig {
+        &self.config
+    }
+
+    /// Step and radius `eps`, `replays` = m, sign steps in the L-infinity ball (the paper's).
+    pub fn new(eps: f64, replays: usize) -> Result<Self> {
+        Self::from_config(FreeAtConfig {
             eps,
             replays,
-            norm: StepNorm::Sign,
-            delta: None,
+            ..FreeAtConfig::default()
         })
     }
 
     /// Step geometry (its ball has radius eps).
     pub fn with_norm(mut self, norm: StepNorm) -> Self {
-        self.norm = norm;
+        self.config.norm = norm;
         self
     }
 
@@ -86,8 +126,10 @@ impl Method for FreeAt {
         let loss_fn = |p: &Tensor| batch.loss_at(p);
         let pass = CleanPass::from(target.loss_and_gradient_at(&loss_fn, &delta)?);
         batch.check_gradient(&pass.gradient)?;
-        let moved = (&delta + (self.norm.direction(target, &pass.gradient)? * self.eps)?)?;
-        self.delta = Some(Ball::for_norm(self.norm, self.eps)?.project(target, &moved)?);
+        let moved =
+            (&delta + (self.config.norm.direction(target, &pass.gradient)? * self.config.eps)?)?;
+        self.delta =
+            Some(Ball::for_norm(self.config.norm, self.config.eps)?.project(target, &moved)?);
         Ok(Step {
             loss: pass.loss.clone(),
             clean_loss: pass.loss,
@@ -102,6 +144,6 @@ impl Method for FreeAt {
 
     /// m: each batch is replayed m times.
     fn replays(&self) -> usize {
-        self.replays
+        self.config.replays
     }
 }

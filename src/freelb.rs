@@ -19,52 +19,46 @@ use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::Tensor;
 
-/// Free large-batch adversarial training.
-#[derive(Clone, Debug)]
-pub struct FreeLb {
-    adv_lr: f64,
-    steps: usize,
-    init_mag: f64,
-    max_norm: f64,
-    norm: StepNorm,
-    warmup: usize,
-    iteration: usize,
+/// FreeLB's hyper-parameters. K = 3 ascent steps of size 0.1 as in Zhu et al. (2020)'s GLUE runs;
+/// zero start, no projection, per-sentence L2 steps and no warm-up by default (the reference
+/// implementation's `adv-init-mag`, `adv-max-norm` and warm-up are set per task).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FreeLbConfig {
+    /// The ascent step's size (`adv-lr`, > 0).
+    pub adv_lr: f64,
+    /// The number of ascent steps K (`adv-steps`, >= 1).
+    pub steps: usize,
+    /// The random start's magnitude (`adv-init-mag`, >= 0; 0: zero start).
+    pub init_mag: f64,
+    /// The projection's radius (`adv-max-norm`, >= 0; 0: no projection).
+    pub max_norm: f64,
+    /// `L2(PerExample)` (per sentence), `Sign` (L-infinity) or `L2(PerBatch)` (a weight target).
+    pub norm: StepNorm,
+    /// Plain training for the first `warmup` steps.
+    pub warmup: usize,
 }
 
-impl FreeLb {
-    /// `steps` = K ascent steps of size `adv_lr`, zero init, no projection, per-sentence L2, no warm-up.
-    pub fn new(adv_lr: f64, steps: usize) -> Result<Self> {
-        check_positive("adv_lr", adv_lr)?;
-        check_count("steps", steps)?;
-        Ok(Self {
-            adv_lr,
-            steps,
+impl Default for FreeLbConfig {
+    fn default() -> Self {
+        Self {
+            adv_lr: 0.1,
+            steps: 3,
             init_mag: 0.0,
             max_norm: 0.0,
             norm: StepNorm::L2(Scope::PerExample),
             warmup: 0,
-            iteration: 0,
-        })
+        }
     }
+}
 
-    /// Magnitude of the random start (0: zero start).
-    pub fn with_init_mag(mut self, init_mag: f64) -> Result<Self> {
-        check_non_negative("init_mag", init_mag)?;
-        self.init_mag = init_mag;
-        Ok(self)
-    }
-
-    /// Radius of the projection (0: no projection).
-    pub fn with_max_norm(mut self, max_norm: f64) -> Result<Self> {
-        check_non_negative("max_norm", max_norm)?;
-        self.max_norm = max_norm;
-        Ok(self)
-    }
-
-    /// `StepNorm::L2(Scope::PerExample)` (per sentence, the default), `StepNorm::Sign` (L-infinity),
-    /// or `StepNorm::L2(Scope::PerBatch)` (one norm for the whole point: the embedding-matrix form).
-    pub fn with_norm(mut self, norm: StepNorm) -> Result<Self> {
-        if norm == StepNorm::Raw {
+impl FreeLbConfig {
+    /// Checks every value; the one place FreeLB's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_positive("adv_lr", self.adv_lr)?;
+        check_count("steps", self.steps)?;
+        check_non_negative("init_mag", self.init_mag)?;
+        check_non_negative("max_norm", self.max_norm)?;
+        if self.norm == StepNorm::Raw {
             return Err(Error::InvalidArgument {
                 name: "norm",
                 reason: "FreeLB normalises its ascent steps, and StepNorm::Raw does not".into(),
@@ -73,27 +67,84 @@ impl FreeLb {
                     .into(),
             });
         }
-        self.norm = norm;
-        Ok(self)
+        Ok(())
+    }
+}
+
+/// Free large-batch adversarial training.
+#[derive(Clone, Debug)]
+pub struct FreeLb {
+    config: FreeLbConfig,
+    iteration: usize,
+}
+
+impl FreeLb {
+    /// FreeLB with validated settings.
+    pub fn from_config(config: FreeLbConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            iteration: 0,
+        })
     }
 
-    /// Train plainly for the first `iterations` calls of [`FreeLb::step`].
+    /// The settings.
+    pub fn config(&self) -> &FreeLbConfig {
+        &self.config
+    }
+
+    /// `steps` = K ascent steps of size `adv_lr`, the other settings at their defaults
+    /// ([`FreeLbConfig`]).
+    pub fn new(adv_lr: f64, steps: usize) -> Result<Self> {
+        Self::from_config(FreeLbConfig {
+            adv_lr,
+            steps,
+            ..FreeLbConfig::default()
+        })
+    }
+
+    /// Magnitude of the random start (0: zero start).
+    pub fn with_init_mag(self, init_mag: f64) -> Result<Self> {
+        Self::from_config(FreeLbConfig {
+            init_mag,
+            ..self.config
+        })
+    }
+
+    /// Radius of the projection (0: no projection).
+    pub fn with_max_norm(self, max_norm: f64) -> Result<Self> {
+        Self::from_config(FreeLbConfig {
+            max_norm,
+            ..self.config
+        })
+    }
+
+    /// `StepNorm::L2(Scope::PerExample)` (per sentence, the default), `StepNorm::Sign` (L-infinity),
+    /// or `StepNorm::L2(Scope::PerBatch)` (one norm for the whole point: the embedding-matrix form).
+    pub fn with_norm(self, norm: StepNorm) -> Result<Self> {
+        Self::from_config(FreeLbConfig {
+            norm,
+            ..self.config
+        })
+    }
+
+    /// Train plainly for the first `iterations` steps.
     pub fn with_warmup(mut self, iterations: usize) -> Self {
-        self.warmup = iterations;
+        self.config.warmup = iterations;
         self
     }
 
     /// The starting perturbation.
     pub fn initial(&self, target: &Target, rng: &mut Rng) -> Result<Tensor> {
         let p = target.point();
-        if self.init_mag == 0.0 {
+        if self.config.init_mag == 0.0 {
             return Ok(p.zeros_like()?);
         }
-        match self.norm {
+        match self.config.norm {
             StepNorm::Sign => {
                 let u = rng.uniform(
-                    -self.init_mag,
-                    self.init_mag,
+                    -self.config.init_mag,
+                    self.config.init_mag,
                     p.shape(),
                     p.dtype(),
                     p.device(),
@@ -114,7 +165,7 @@ impl FreeLb {
                     Scope::PerExample => target.per_example_sum(&ones)?,
                     Scope::PerBatch => ones.sum_all()?,
                 };
-                Ok(u.broadcast_mul(&(entries.sqrt()?.recip()? * self.init_mag)?)?)
+                Ok(u.broadcast_mul(&(entries.sqrt()?.recip()? * self.config.init_mag)?)?)
             }
             StepNorm::Raw => unreachable!("with_norm refuses StepNorm::Raw"),
         }
@@ -122,9 +173,9 @@ impl FreeLb {
 
     /// One ascent step from `delta` with gradient `g`.
     pub fn ascend(&self, target: &Target, delta: &Tensor, g: &Tensor) -> Result<Tensor> {
-        let moved = (delta + (self.norm.direction(target, g)? * self.adv_lr)?)?;
-        if self.max_norm > 0.0 {
-            Ball::for_norm(self.norm, self.max_norm)?.project(target, &moved)
+        let moved = (delta + (self.config.norm.direction(target, g)? * self.config.adv_lr)?)?;
+        if self.config.max_norm > 0.0 {
+            Ball::for_norm(self.config.norm, self.config.max_norm)?.project(target, &moved)
         } else {
             Ok(moved)
         }
@@ -135,7 +186,7 @@ impl Method for FreeLb {
     /// One training step (K forward-backward passes, or one plain pass during warm-up).
     fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
         let target = batch.target();
-        if !target.has_examples() && self.norm == StepNorm::L2(Scope::PerExample) {
+        if !target.has_examples() && self.config.norm == StepNorm::L2(Scope::PerExample) {
             return Err(Error::InvalidArgument {
                 name: "target",
                 reason: "FreeLB normalises per sentence by default, and a weight target has no \
@@ -148,17 +199,17 @@ impl Method for FreeLb {
         }
         let loss_fn = |p: &Tensor| batch.loss_at(p);
         self.iteration += 1;
-        if self.iteration <= self.warmup {
+        if self.iteration <= self.config.warmup {
             return plain(target, &loss_fn);
         }
         let mut delta = self.initial(target, rng)?;
         let mut total: Option<Step> = None;
-        for t in 0..self.steps {
+        for t in 0..self.config.steps {
             let pass = CleanPass::from(target.loss_and_gradient_at(&loss_fn, &delta)?);
             if t == 0 {
                 batch.check_gradient(&pass.gradient)?;
             }
-            if t + 1 < self.steps {
+            if t + 1 < self.config.steps {
                 delta = self.ascend(target, &delta, &pass.gradient)?;
             }
             total = Some(match total {
@@ -178,13 +229,13 @@ impl Method for FreeLb {
             });
         }
         let mut step = total.expect("steps >= 1");
-        let k = self.steps as f64;
+        let k = self.config.steps as f64;
         scale_all(&mut step.grads, 1.0 / k)?;
         Ok(Step {
             loss: (step.loss / k)?,
             passes: Passes {
-                forward: self.steps,
-                backward: self.steps,
+                forward: self.config.steps,
+                backward: self.config.steps,
                 double_backward: 0,
             },
             ..step

@@ -36,43 +36,82 @@ pub enum PenaltyMethod {
     },
 }
 
+/// Gradient penalty's hyper-parameters. The defaults are the seeds' gradient penalty: weight
+/// `epsilon = 1` on `||g||^2 / 2`, FGM's raw-step dual, differentiated exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradientPenaltyConfig {
+    /// The penalty's weight eps (>= 0).
+    pub eps: f64,
+    /// The geometry whose dual penalty `P` is used: raw `||g||^2 / 2`, L2 `||g||`, sign `||g||_1`.
+    pub norm: StepNorm,
+    /// How the penalty's weight gradient is computed.
+    pub method: PenaltyMethod,
+}
+
+impl Default for GradientPenaltyConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1.0,
+            norm: StepNorm::Raw,
+            method: PenaltyMethod::DoubleBackward,
+        }
+    }
+}
+
+impl GradientPenaltyConfig {
+    /// Checks every value; the one place gradient penalty's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        if let PenaltyMethod::FiniteDifference { h } = self.method {
+            check_positive("h", h)?;
+        }
+        Ok(())
+    }
+}
+
 /// Gradient penalty `eps * P(dL/dx)`.
 #[derive(Clone, Copy, Debug)]
 pub struct GradientPenalty {
-    eps: f64,
-    norm: StepNorm,
-    method: PenaltyMethod,
+    config: GradientPenaltyConfig,
 }
 
 impl GradientPenalty {
-    /// Weight `eps` (>= 0), raw penalty `||g||^2 / 2`, exact (double backward).
+    /// Gradient penalty with validated settings.
+    pub fn from_config(config: GradientPenaltyConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GradientPenaltyConfig {
+        &self.config
+    }
+
+    /// Weight `eps` (>= 0), the other settings at their defaults ([`GradientPenaltyConfig`]).
     pub fn new(eps: f64) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        Ok(Self {
+        Self::from_config(GradientPenaltyConfig {
             eps,
-            norm: StepNorm::Raw,
-            method: PenaltyMethod::DoubleBackward,
+            ..GradientPenaltyConfig::default()
         })
     }
 
     /// Sets the geometry, hence the penalty `P`.
     pub fn with_norm(mut self, norm: StepNorm) -> Self {
-        self.norm = norm;
+        self.config.norm = norm;
         self
     }
 
     /// Sets how the penalty's gradient is computed.
-    pub fn with_method(mut self, method: PenaltyMethod) -> Result<Self> {
-        if let PenaltyMethod::FiniteDifference { h } = method {
-            check_positive("h", h)?;
-        }
-        self.method = method;
-        Ok(self)
+    pub fn with_method(self, method: PenaltyMethod) -> Result<Self> {
+        Self::from_config(GradientPenaltyConfig {
+            method,
+            ..self.config
+        })
     }
 
     /// `eps * P(g)` for a gradient `g` (differentiable in `g`).
     pub fn penalty(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
-        Ok((self.norm.penalty(target, g)? * self.eps)?)
+        Ok((self.config.norm.penalty(target, g)? * self.config.eps)?)
     }
 
     fn step_double_backward(&self, batch: &Batch) -> Result<Step> {
@@ -104,10 +143,10 @@ impl GradientPenalty {
         let mut grads = clean.grads;
         detach_all(&mut grads);
         let g = clean.gradient.detach();
-        let d = self.norm.direction(target, &g)?;
+        let d = self.config.norm.direction(target, &g)?;
         let plus = target.loss_at(&loss_fn, &(&d * h)?)?;
         let minus = target.loss_at(&loss_fn, &(&d * -h)?)?;
-        let difference = ((plus - minus)? * (self.eps / (2.0 * h)))?;
+        let difference = ((plus - minus)? * (self.config.eps / (2.0 * h)))?;
         let mut difference_grads = difference.backward()?;
         detach_all(&mut difference_grads);
         grads.extend(difference_grads)?;
@@ -127,7 +166,7 @@ impl GradientPenalty {
 impl Method for GradientPenalty {
     /// One step on `L + eps * P(dL/dx)`.
     fn step(&mut self, batch: &Batch, _rng: &mut Rng) -> Result<Step> {
-        match self.method {
+        match self.config.method {
             PenaltyMethod::DoubleBackward => self.step_double_backward(batch),
             PenaltyMethod::FiniteDifference { h } => self.step_finite_difference(batch, h),
         }

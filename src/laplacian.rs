@@ -228,62 +228,105 @@ where
     Estimate::from_samples(samples)
 }
 
-/// The trainable Laplacian regulariser `sigma^2/2 * tr(H_x L)`, estimated by Hutchinson probes.
-#[derive(Clone, Copy, Debug)]
-pub struct Laplacian {
-    sigma: f64,
-    probes: usize,
-    kind: ProbeKind,
-    method: CurvatureMethod,
+/// The Laplacian regulariser's hyper-parameters. Defaults (this crate's; the seeds give none): sigma
+/// = 0.1, one Rademacher probe per step (Hutchinson's estimator; Rademacher probes have the smallest
+/// variance), the exact curvature.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LaplacianConfig {
+    /// The noise scale sigma (>= 0): the regulariser is `sigma^2/2 tr(H)`.
+    pub sigma: f64,
+    /// Probes per step (>= 1).
+    pub probes: usize,
+    /// The probe distribution.
+    pub kind: ProbeKind,
+    /// How each curvature `v^T H v` is computed.
+    pub method: CurvatureMethod,
 }
 
-impl Laplacian {
-    /// Noise scale `sigma`, one Rademacher probe, exact curvature.
-    pub fn new(sigma: f64) -> Result<Self> {
-        check_non_negative("sigma", sigma)?;
-        Ok(Self {
-            sigma,
+impl Default for LaplacianConfig {
+    fn default() -> Self {
+        Self {
+            sigma: 0.1,
             probes: 1,
             kind: ProbeKind::Rademacher,
             method: CurvatureMethod::DoubleBackward,
+        }
+    }
+}
+
+impl LaplacianConfig {
+    /// Checks every value; the one place the regulariser's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("sigma", self.sigma)?;
+        check_count("probes", self.probes)?;
+        if let CurvatureMethod::FiniteDifference { h } = self.method {
+            check_positive("h", h)?;
+        }
+        Ok(())
+    }
+}
+
+/// The trainable Laplacian regulariser `sigma^2/2 * tr(H_x L)`, estimated by Hutchinson probes.
+#[derive(Clone, Copy, Debug)]
+pub struct Laplacian {
+    config: LaplacianConfig,
+}
+
+impl Laplacian {
+    /// The regulariser with validated settings.
+    pub fn from_config(config: LaplacianConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LaplacianConfig {
+        &self.config
+    }
+
+    /// Noise scale `sigma`, the other settings at their defaults ([`LaplacianConfig`]).
+    pub fn new(sigma: f64) -> Result<Self> {
+        Self::from_config(LaplacianConfig {
+            sigma,
+            ..LaplacianConfig::default()
         })
     }
 
     /// Number of probes per step.
-    pub fn with_probes(mut self, probes: usize) -> Result<Self> {
-        check_count("probes", probes)?;
-        self.probes = probes;
-        Ok(self)
+    pub fn with_probes(self, probes: usize) -> Result<Self> {
+        Self::from_config(LaplacianConfig {
+            probes,
+            ..self.config
+        })
     }
 
     /// Probe distribution.
     pub fn with_probe_kind(mut self, kind: ProbeKind) -> Self {
-        self.kind = kind;
+        self.config.kind = kind;
         self
     }
 
     /// How each curvature is computed.
-    pub fn with_method(mut self, method: CurvatureMethod) -> Result<Self> {
-        if let CurvatureMethod::FiniteDifference { h } = method {
-            check_positive("h", h)?;
-        }
-        self.method = method;
-        Ok(self)
+    pub fn with_method(self, method: CurvatureMethod) -> Result<Self> {
+        Self::from_config(LaplacianConfig {
+            method,
+            ..self.config
+        })
     }
 
     /// `sigma^2/2 * mean_probes v^T H v` with its graph, and the loss pass it was built from: the point
     /// gradient's pass (exact) or the clean loss (finite differences).
     fn regulariser(&self, batch: &Batch, rng: &mut Rng) -> Result<(Tensor, Clean)> {
-        self.method.check()?;
+        self.config.method.check()?;
         let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
-        let weight = self.sigma * self.sigma / 2.0 / self.probes as f64;
+        let weight = self.config.sigma * self.config.sigma / 2.0 / self.config.probes as f64;
         let mut total: Option<Tensor> = None;
-        let clean = match self.method {
+        let clean = match self.config.method {
             CurvatureMethod::DoubleBackward => {
                 let point_gradient = target.point_gradient(&loss_fn)?;
                 batch.check_gradient(&point_gradient.gradient)?;
-                for _ in 0..self.probes {
-                    let v = self.kind.sample(target, rng)?;
+                for _ in 0..self.config.probes {
+                    let v = self.config.kind.sample(target, rng)?;
                     let q = (&v * hvp_from(&point_gradient, &v)?)?.sum_all()?;
                     total = Some(match total {
                         None => q,
@@ -294,8 +337,8 @@ impl Laplacian {
             }
             CurvatureMethod::FiniteDifference { h } => {
                 let clean = target.loss(&loss_fn)?;
-                for _ in 0..self.probes {
-                    let v = self.kind.sample(target, rng)?;
+                for _ in 0..self.config.probes {
+                    let v = self.config.kind.sample(target, rng)?;
                     let q = second_difference(target, &loss_fn, &clean, &v, h)?;
                     total = Some(match total {
                         None => q,
@@ -309,15 +352,15 @@ impl Laplacian {
     }
 
     fn passes(&self) -> Passes {
-        match self.method {
+        match self.config.method {
             CurvatureMethod::DoubleBackward => Passes {
                 forward: 1,
-                backward: 2 + self.probes,
-                double_backward: 1 + self.probes,
+                backward: 2 + self.config.probes,
+                double_backward: 1 + self.config.probes,
             },
             CurvatureMethod::FiniteDifference { .. } => Passes {
-                forward: 1 + 2 * self.probes,
-                backward: 1 + 2 * self.probes,
+                forward: 1 + 2 * self.config.probes,
+                backward: 1 + 2 * self.config.probes,
                 double_backward: 0,
             },
         }

@@ -167,15 +167,21 @@ where
     Ok((total.expect("k >= 1") / k as f64)?)
 }
 
-fn check_labels(labels: &Tensor, classes: usize, alpha: f64) -> Result<Vec<u32>> {
-    check_count("classes", classes)?;
-    if !(0.0..=1.0).contains(&alpha) {
+/// Checks a label-smoothing (or label-noise) probability: in [0, 1].
+pub(crate) fn check_smoothing(smoothing: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&smoothing) {
         return Err(Error::InvalidArgument {
-            name: "alpha",
-            reason: format!("a smoothing probability lies in [0, 1], got {alpha}"),
-            fix: "pass 0 <= alpha <= 1".into(),
+            name: "smoothing",
+            reason: format!("a smoothing probability lies in [0, 1], got {smoothing}"),
+            fix: "pass 0 <= smoothing <= 1 (0.1 is the usual value)".into(),
         });
     }
+    Ok(())
+}
+
+fn check_labels(labels: &Tensor, classes: usize, smoothing: f64) -> Result<Vec<u32>> {
+    check_count("classes", classes)?;
+    check_smoothing(smoothing)?;
     if labels.rank() != 1 {
         return Err(Error::ShapeMismatch {
             name: "labels",
@@ -210,34 +216,34 @@ fn rows(
     Ok(Tensor::from_vec(values, (batch, classes), device)?.to_dtype(dtype)?)
 }
 
-/// Soft targets `(1 - alpha) onehot(y) + alpha / classes`: the expectation of [`label_noise`].
+/// Soft targets `(1 - smoothing) onehot(y) + smoothing / classes`: the expectation of [`label_noise`].
 pub fn label_smoothing(
     labels: &Tensor,
     classes: usize,
-    alpha: f64,
+    smoothing: f64,
     dtype: DType,
 ) -> Result<Tensor> {
-    let values = check_labels(labels, classes, alpha)?;
-    let mut out = vec![alpha / classes as f64; values.len() * classes];
+    let values = check_labels(labels, classes, smoothing)?;
+    let mut out = vec![smoothing / classes as f64; values.len() * classes];
     for (row, y) in values.iter().enumerate() {
-        out[row * classes + *y as usize] += 1.0 - alpha;
+        out[row * classes + *y as usize] += 1.0 - smoothing;
     }
     rows(out, values.len(), classes, dtype, labels.device())
 }
 
-/// Noise on y: with probability `alpha` each label is replaced by a uniformly random class; returned
+/// Noise on y: with probability `smoothing` each label is replaced by a uniformly random class; returned
 /// one-hot. Averaged over draws it is [`label_smoothing`].
 pub fn label_noise(
     labels: &Tensor,
     classes: usize,
-    alpha: f64,
+    smoothing: f64,
     dtype: DType,
     rng: &mut Rng,
 ) -> Result<Tensor> {
-    let values = check_labels(labels, classes, alpha)?;
+    let values = check_labels(labels, classes, smoothing)?;
     let mut out = vec![0.0; values.len() * classes];
     for (row, y) in values.iter().enumerate() {
-        let class = if rng.uniform_f64(0.0, 1.0) < alpha {
+        let class = if rng.uniform_f64(0.0, 1.0) < smoothing {
             ((rng.uniform_f64(0.0, 1.0) * classes as f64) as usize).min(classes - 1)
         } else {
             *y as usize

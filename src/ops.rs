@@ -64,12 +64,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        layer_norm(
-            x,
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-        )
+        layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)
     }
 }
 

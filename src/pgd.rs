@@ -25,61 +25,104 @@ pub enum Start {
     Random,
 }
 
-/// Projected gradient descent on the perturbation.
-#[derive(Clone, Copy, Debug)]
-pub struct Pgd {
-    eps: f64,
-    alpha: f64,
-    steps: usize,
-    norm: StepNorm,
-    start: Start,
-    objective: Objective,
+/// PGD's hyper-parameters. The defaults are the embedding-layer PGD of the seeds' code (its common
+/// PyTorch form): radius `epsilon = 1`, step `alpha = 0.3`, `K = 3` steps, from zero, the adversarial
+/// loss added to the clean one. Madry et al. (2018) start at a random point of the ball
+/// ([`Start::Random`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PgdConfig {
+    /// The ball's radius eps (>= 0).
+    pub eps: f64,
+    /// The ascent step's size alpha (> 0).
+    pub alpha: f64,
+    /// The number of ascent steps K (>= 1).
+    pub steps: usize,
+    /// The step geometry and its ball: L2 (per example or per batch) or sign (L-infinity).
+    pub norm: StepNorm,
+    /// Zero or random start.
+    pub start: Start,
+    /// Adversarial loss alone, or clean + adversarial.
+    pub objective: Objective,
 }
 
-impl Pgd {
-    /// `steps` ascent steps of size `alpha` in an L2 ball (per batch) of radius `eps`, zero start,
-    /// clean + adversarial objective.
-    pub fn new(eps: f64, alpha: f64, steps: usize) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        check_positive("alpha", alpha)?;
-        check_count("steps", steps)?;
-        Ok(Self {
-            eps,
-            alpha,
-            steps,
+impl Default for PgdConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1.0,
+            alpha: 0.3,
+            steps: 3,
             norm: StepNorm::L2(Scope::PerBatch),
             start: Start::Zero,
             objective: Objective::CleanPlusAdversarial,
+        }
+    }
+}
+
+impl PgdConfig {
+    /// Checks every value; the one place PGD's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_positive("alpha", self.alpha)?;
+        check_count("steps", self.steps)
+    }
+}
+
+/// Projected gradient descent on the perturbation.
+#[derive(Clone, Copy, Debug)]
+pub struct Pgd {
+    config: PgdConfig,
+}
+
+impl Pgd {
+    /// PGD with validated settings.
+    pub fn from_config(config: PgdConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PgdConfig {
+        &self.config
+    }
+
+    /// `steps` ascent steps of size `alpha` in a ball of radius `eps`, the other settings at their
+    /// defaults ([`PgdConfig`]: L2 per batch, zero start, clean + adversarial).
+    pub fn new(eps: f64, alpha: f64, steps: usize) -> Result<Self> {
+        Self::from_config(PgdConfig {
+            eps,
+            alpha,
+            steps,
+            ..PgdConfig::default()
         })
     }
 
     /// Step geometry: `L2(scope)` ascends along `g / ||g||` in an L2 ball, `Sign` along `sign(g)` in an
     /// L-infinity ball, `Raw` along `g` in an L2 ball per batch.
     pub fn with_norm(mut self, norm: StepNorm) -> Self {
-        self.norm = norm;
+        self.config.norm = norm;
         self
     }
 
     /// Zero or random start.
     pub fn with_start(mut self, start: Start) -> Self {
-        self.start = start;
+        self.config.start = start;
         self
     }
 
     /// Training objective.
     pub fn with_objective(mut self, objective: Objective) -> Self {
-        self.objective = objective;
+        self.config.objective = objective;
         self
     }
 
     /// The ball the iterates stay in.
     pub fn ball(&self) -> Result<Ball> {
-        Ball::for_norm(self.norm, self.eps)
+        Ball::for_norm(self.config.norm, self.config.eps)
     }
 
     /// One ascent step from `delta` with gradient `g`.
     pub fn ascend(&self, target: &Target, delta: &Tensor, g: &Tensor) -> Result<Tensor> {
-        let moved = (delta + (self.norm.direction(target, g)? * self.alpha)?)?;
+        let moved = (delta + (self.config.norm.direction(target, g)? * self.config.alpha)?)?;
         self.ball()?.project(target, &moved)
     }
 
@@ -93,18 +136,18 @@ impl Pgd {
         let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
         let clean = CleanPass::from(target.loss_and_gradient(&loss_fn)?);
         batch.check_gradient(&clean.gradient)?;
-        let (mut delta, mut extra) = match self.start {
+        let (mut delta, mut extra) = match self.config.start {
             Start::Zero => {
                 let zero = clean.gradient.zeros_like()?;
                 (self.ascend(target, &zero, &clean.gradient)?, 0)
             }
             Start::Random => (self.ball()?.random_point(target, rng)?, 0),
         };
-        let first_from_clean = self.start == Start::Zero;
+        let first_from_clean = self.config.start == Start::Zero;
         let remaining = if first_from_clean {
-            self.steps - 1
+            self.config.steps - 1
         } else {
-            self.steps
+            self.config.steps
         };
         for _ in 0..remaining {
             let at = target.point_gradient_at(&loss_fn, &delta)?;
@@ -135,7 +178,7 @@ impl Method for Pgd {
             double_backward: 0,
         };
         combine(
-            self.objective,
+            self.config.objective,
             clean,
             &adversarial,
             adversarial_grads,

@@ -97,33 +97,27 @@ fn check_scalar(value: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Label smoothing as a penalty: `alpha * (H(u, p) - task)`, with `H(u, p)` the cross-entropy of the
+/// Label smoothing as a penalty: `smoothing * (H(u, p) - task)`, with `H(u, p)` the cross-entropy of the
 /// model's output distribution against the uniform one. When the task loss is the cross-entropy
 /// against the labels, `task + penalty` is the cross-entropy against the smoothed labels
-/// `(1 - alpha) y + alpha / k` ([`crate::noise::label_smoothing`]): the expectation of label noise
+/// `(1 - smoothing) y + smoothing / k` ([`crate::noise::label_smoothing`]): the expectation of label noise
 /// (book chapter "Noise"). Needs the batch's outputs (logits).
 #[derive(Clone, Copy, Debug)]
 pub struct LabelSmoothing {
-    alpha: f64,
+    smoothing: f64,
 }
 
 impl LabelSmoothing {
-    /// Smoothing probability `alpha` in [0, 1] (0.1 in Szegedy et al., 2016).
-    pub fn new(alpha: f64) -> Result<Self> {
-        if !(0.0..=1.0).contains(&alpha) {
-            return Err(Error::InvalidArgument {
-                name: "alpha",
-                reason: format!("a smoothing probability lies in [0, 1], got {alpha}"),
-                fix: "pass 0 <= alpha <= 1 (0.1 is the usual value)".into(),
-            });
-        }
-        Ok(Self { alpha })
+    /// Smoothing probability `smoothing` in [0, 1] (0.1 in Szegedy et al., 2016).
+    pub fn new(smoothing: f64) -> Result<Self> {
+        crate::noise::check_smoothing(smoothing)?;
+        Ok(Self { smoothing })
     }
 }
 
 impl Default for LabelSmoothing {
     fn default() -> Self {
-        Self { alpha: 0.1 }
+        Self { smoothing: 0.1 }
     }
 }
 
@@ -132,7 +126,7 @@ impl Regulariser for LabelSmoothing {
         let (outputs, task) = batch.outputs_and_task("label smoothing")?;
         let logits = outputs(batch.target().point())?;
         let uniform = cross_entropy_uniform(&logits)?;
-        let value = ((uniform - task(&logits)?.reshape(())?)? * self.alpha)?;
+        let value = ((uniform - task(&logits)?.reshape(())?)? * self.smoothing)?;
         Ok(Penalty {
             value,
             passes: Passes {

@@ -48,61 +48,112 @@ impl SmartDivergence {
     }
 }
 
-/// The SMART regulariser.
-#[derive(Clone, Copy, Debug)]
-pub struct Smart {
-    lambda: f64,
-    steps: usize,
-    step_size: f64,
-    noise_var: f64,
-    eps: f64,
-    norm: StepNorm,
-    divergence: SmartDivergence,
+/// SMART's hyper-parameters. The defaults are the reference implementation's (mt-dnn): weight
+/// lambda_s = 1 (`adv_alpha`), K = 1 ascent step (`adv_k`) of size 1e-3 (`adv_step_size`) from noise
+/// set by `noise_var` = 1e-5 (`adv_noise_var`), the symmetric KL; per-example L2 steps without
+/// projection (`eps` = 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SmartConfig {
+    /// The regulariser's weight lambda_s (>= 0).
+    pub lambda: f64,
+    /// Ascent steps K (>= 1).
+    pub steps: usize,
+    /// The ascent step's size (> 0).
+    pub step_size: f64,
+    /// The starting noise's variance (>= 0).
+    pub noise_var: f64,
+    /// The projection's radius (>= 0; 0: none).
+    pub eps: f64,
+    /// The ascent step's geometry.
+    pub norm: StepNorm,
+    /// The output divergence `l_s`.
+    pub divergence: SmartDivergence,
 }
 
-impl Smart {
-    /// Weight `lambda` (lambda_s), one ascent step of size 1e-3 from noise of variance 1e-5, no
-    /// projection, per-example L2 normalisation.
-    pub fn new(lambda: f64, divergence: SmartDivergence) -> Result<Self> {
-        check_non_negative("lambda", lambda)?;
-        Ok(Self {
-            lambda,
+impl Default for SmartConfig {
+    fn default() -> Self {
+        Self {
+            lambda: 1.0,
             steps: 1,
             step_size: 1e-3,
             noise_var: 1e-5,
             eps: 0.0,
             norm: StepNorm::L2(Scope::PerExample),
+            divergence: SmartDivergence::SymmetricKl,
+        }
+    }
+}
+
+impl SmartConfig {
+    /// Checks every value; the one place SMART's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("lambda", self.lambda)?;
+        check_count("steps", self.steps)?;
+        check_positive("step_size", self.step_size)?;
+        check_non_negative("noise_var", self.noise_var)?;
+        check_non_negative("eps", self.eps)
+    }
+}
+
+/// The SMART regulariser.
+#[derive(Clone, Copy, Debug)]
+pub struct Smart {
+    config: SmartConfig,
+}
+
+impl Smart {
+    /// SMART with validated settings.
+    pub fn from_config(config: SmartConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SmartConfig {
+        &self.config
+    }
+
+    /// Weight `lambda` (lambda_s) and the divergence, the other settings at their defaults
+    /// ([`SmartConfig`]).
+    pub fn new(lambda: f64, divergence: SmartDivergence) -> Result<Self> {
+        Self::from_config(SmartConfig {
+            lambda,
             divergence,
+            ..SmartConfig::default()
         })
     }
 
     /// K ascent steps.
-    pub fn with_steps(mut self, steps: usize) -> Result<Self> {
-        check_count("steps", steps)?;
-        self.steps = steps;
-        Ok(self)
+    pub fn with_steps(self, steps: usize) -> Result<Self> {
+        Self::from_config(SmartConfig {
+            steps,
+            ..self.config
+        })
     }
 
     /// The ascent step size.
-    pub fn with_step_size(mut self, step_size: f64) -> Result<Self> {
-        check_positive("step_size", step_size)?;
-        self.step_size = step_size;
-        Ok(self)
+    pub fn with_step_size(self, step_size: f64) -> Result<Self> {
+        Self::from_config(SmartConfig {
+            step_size,
+            ..self.config
+        })
     }
 
     /// Variance of the starting noise.
-    pub fn with_noise_var(mut self, noise_var: f64) -> Result<Self> {
-        check_non_negative("noise_var", noise_var)?;
-        self.noise_var = noise_var;
-        Ok(self)
+    pub fn with_noise_var(self, noise_var: f64) -> Result<Self> {
+        Self::from_config(SmartConfig {
+            noise_var,
+            ..self.config
+        })
     }
 
     /// Projection radius (0: none) and step geometry.
-    pub fn with_ball(mut self, eps: f64, norm: StepNorm) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        self.eps = eps;
-        self.norm = norm;
-        Ok(self)
+    pub fn with_ball(self, eps: f64, norm: StepNorm) -> Result<Self> {
+        Self::from_config(SmartConfig {
+            eps,
+            norm,
+            ..self.config
+        })
     }
 
     /// `l_s(f(x + r), f(x))` for a given `r`, differentiable in `r` and the weights.
@@ -111,7 +162,8 @@ impl Smart {
         G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
         let clean = output_fn(target.point())?;
-        self.divergence
+        self.config
+            .divergence
             .loss(&output_fn(&target.perturb(r)?)?, &clean)
     }
 
@@ -123,11 +175,14 @@ impl Smart {
         let p = target.point();
         let reference = clean.detach();
         let mut delta = target.apply_mask(
-            &(rng.normal(p.shape(), p.dtype(), p.device())? * self.noise_var.sqrt())?,
+            &(rng.normal(p.shape(), p.dtype(), p.device())? * self.config.noise_var.sqrt())?,
         )?;
-        for step in 0..self.steps {
+        for step in 0..self.config.steps {
             let divergence = |point: &Tensor| -> candle_core::Result<Tensor> {
-                Ok(self.divergence.loss(&output_fn(point)?, &reference)?)
+                Ok(self
+                    .config
+                    .divergence
+                    .loss(&output_fn(point)?, &reference)?)
             };
             let g = target
                 .point_gradient_at(&divergence, &delta)?
@@ -136,9 +191,10 @@ impl Smart {
             if step == 0 {
                 batch.check_gradient(&g)?;
             }
-            delta = (&delta + (self.norm.direction(target, &g)? * self.step_size)?)?;
-            if self.eps > 0.0 {
-                delta = Ball::for_norm(self.norm, self.eps)?.project(target, &delta)?;
+            delta = (&delta + (self.config.norm.direction(target, &g)? * self.config.step_size)?)?;
+            if self.config.eps > 0.0 {
+                delta =
+                    Ball::for_norm(self.config.norm, self.config.eps)?.project(target, &delta)?;
             }
         }
         Ok(delta)
@@ -149,13 +205,13 @@ impl Smart {
         let (output_fn, _) = batch.outputs_and_task("SMART")?;
         let delta = self.attack(batch, clean, rng)?;
         let adversarial = output_fn(&batch.target().perturb(&delta)?)?;
-        Ok((self.divergence.loss(&adversarial, clean)? * self.lambda)?)
+        Ok((self.config.divergence.loss(&adversarial, clean)? * self.config.lambda)?)
     }
 
     fn passes(&self) -> Passes {
         Passes {
-            forward: 2 + self.steps,
-            backward: 1 + self.steps,
+            forward: 2 + self.config.steps,
+            backward: 1 + self.config.steps,
             double_backward: 0,
         }
     }

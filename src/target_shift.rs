@@ -174,31 +174,73 @@ where
     projected_from(&divergence.transform(&outputs)?, &probe, 1, rng)
 }
 
-/// The trainable target-shift regulariser `sigma^2/2 * sum_i lambda_i ||grad f_i||^2`.
+/// Target shift's hyper-parameters. Defaults (this crate's; the seeds give none): sigma = 0.1, the
+/// squared error, the exact sum over outputs (`projections: None`; `Some(n)`: n random projections,
+/// eq. (9)).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TargetShiftConfig {
+    /// The noise scale sigma (>= 0).
+    pub sigma: f64,
+    /// The output divergence, which sets the weights lambda_i.
+    pub divergence: Divergence,
+    /// Random projections per step (`None`: the exact sum, one backward pass per output).
+    pub projections: Option<usize>,
+}
+
+impl Default for TargetShiftConfig {
+    fn default() -> Self {
+        Self {
+            sigma: 0.1,
+            divergence: Divergence::SquaredError,
+            projections: None,
+        }
+    }
+}
+
+impl TargetShiftConfig {
+    /// Checks every value; the one place target shift's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("sigma", self.sigma)?;
+        if let Some(n) = self.projections {
+            check_count("projections", n)?;
+        }
+        Ok(())
+    }
+}
+
+/// The target-shift regulariser `sigma^2/2 * sum_i lambda_i ||grad f_i||^2`.
 #[derive(Clone, Copy, Debug)]
 pub struct TargetShift {
-    sigma: f64,
-    divergence: Divergence,
-    /// `None`: exact sum over outputs; `Some(n)`: mean of n random projections.
-    projections: Option<usize>,
+    config: TargetShiftConfig,
 }
 
 impl TargetShift {
-    /// Exact regulariser for noise scale `sigma`.
+    /// Target shift with validated settings.
+    pub fn from_config(config: TargetShiftConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TargetShiftConfig {
+        &self.config
+    }
+
+    /// Noise scale `sigma` and the divergence, the exact sum over outputs.
     pub fn new(sigma: f64, divergence: Divergence) -> Result<Self> {
-        check_non_negative("sigma", sigma)?;
-        Ok(Self {
+        Self::from_config(TargetShiftConfig {
             sigma,
             divergence,
-            projections: None,
+            ..TargetShiftConfig::default()
         })
     }
 
-    /// Estimate the sum with `n` random projections per step instead (eq. (9)).
-    pub fn with_projections(mut self, n: usize) -> Result<Self> {
-        check_count("projections", n)?;
-        self.projections = Some(n);
-        Ok(self)
+    /// Estimate the sum over outputs by `n` random projections (eq. (9)).
+    pub fn with_projections(self, n: usize) -> Result<Self> {
+        Self::from_config(TargetShiftConfig {
+            projections: Some(n),
+            ..self.config
+        })
     }
 
     /// The regulariser from outputs computed at the probe point; returns it and its backward count.
@@ -209,12 +251,15 @@ impl TargetShift {
         rng: &mut Rng,
     ) -> Result<(Tensor, usize)> {
         second_order::require("the target-shift regulariser")?;
-        let phi = self.divergence.transform(outputs)?;
-        let (sum, backwards) = match self.projections {
+        let phi = self.config.divergence.transform(outputs)?;
+        let (sum, backwards) = match self.config.projections {
             None => (exact_from(&phi, probe)?, phi.dim(1)?),
             Some(n) => (projected_from(&phi, probe, n, rng)?, n),
         };
-        Ok(((sum * (self.sigma * self.sigma / 2.0))?, backwards))
+        Ok((
+            (sum * (self.config.sigma * self.config.sigma / 2.0))?,
+            backwards,
+        ))
     }
 
     /// The regulariser's value, with its graph (needs second order on, to be trained through).

@@ -18,47 +18,87 @@ use crate::step::{Passes, Step};
 use crate::{Result, Rng};
 use candle_core::Tensor;
 
-/// Virtual adversarial training.
-#[derive(Clone, Copy, Debug)]
-pub struct Vat {
-    eps: f64,
-    xi: f64,
-    power_iterations: usize,
-    weight: f64,
+/// VAT's hyper-parameters. The defaults are Miyato et al. (2018)'s: radius eps = 8 (their CIFAR-10
+/// setting; eps is set per data set), xi = 1e-6, one power iteration, weight (their alpha) 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VatConfig {
+    /// The virtual adversarial perturbation's radius eps (>= 0).
+    pub eps: f64,
+    /// The finite-difference step xi (> 0; 1e-6 in f64, about 1e-2 in f32, where rounding sets
+    /// the floor).
+    pub xi: f64,
+    /// Power iterations per step (>= 1).
+    pub power_iterations: usize,
+    /// The regulariser's weight (the paper's alpha, >= 0).
+    pub weight: f64,
 }
 
-impl Vat {
-    /// Radius `eps`, finite-difference step xi = 1e-6, one power iteration (Miyato et al., 2018),
-    /// regulariser weight 1.
-    pub fn new(eps: f64) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        Ok(Self {
-            eps,
+impl Default for VatConfig {
+    fn default() -> Self {
+        Self {
+            eps: 8.0,
             xi: 1e-6,
             power_iterations: 1,
             weight: 1.0,
+        }
+    }
+}
+
+impl VatConfig {
+    /// Checks every value; the one place VAT's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_positive("xi", self.xi)?;
+        check_count("power_iterations", self.power_iterations)?;
+        check_non_negative("weight", self.weight)
+    }
+}
+
+/// Virtual adversarial training.
+#[derive(Clone, Copy, Debug)]
+pub struct Vat {
+    config: VatConfig,
+}
+
+impl Vat {
+    /// VAT with validated settings.
+    pub fn from_config(config: VatConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &VatConfig {
+        &self.config
+    }
+
+    /// Radius `eps`, the other settings at their defaults ([`VatConfig`]).
+    pub fn new(eps: f64) -> Result<Self> {
+        Self::from_config(VatConfig {
+            eps,
+            ..VatConfig::default()
         })
     }
 
-    /// The finite-difference step (1e-6 in f64; about 1e-2 in f32, where rounding sets the floor).
-    pub fn with_xi(mut self, xi: f64) -> Result<Self> {
-        check_positive("xi", xi)?;
-        self.xi = xi;
-        Ok(self)
+    /// The finite-difference step.
+    pub fn with_xi(self, xi: f64) -> Result<Self> {
+        Self::from_config(VatConfig { xi, ..self.config })
     }
 
     /// Power iterations per step.
-    pub fn with_power_iterations(mut self, n: usize) -> Result<Self> {
-        check_count("power_iterations", n)?;
-        self.power_iterations = n;
-        Ok(self)
+    pub fn with_power_iterations(self, power_iterations: usize) -> Result<Self> {
+        Self::from_config(VatConfig {
+            power_iterations,
+            ..self.config
+        })
     }
 
     /// The regulariser's weight (the paper's alpha).
-    pub fn with_weight(mut self, weight: f64) -> Result<Self> {
-        check_non_negative("weight", weight)?;
-        self.weight = weight;
-        Ok(self)
+    pub fn with_weight(self, weight: f64) -> Result<Self> {
+        Self::from_config(VatConfig {
+            weight,
+            ..self.config
+        })
     }
 
     /// The unit direction `d` (per example) after the power iterations, from clean logits. The first
@@ -73,12 +113,12 @@ impl Vat {
             target,
             &target.apply_mask(&rng.normal(p.shape(), p.dtype(), p.device())?)?,
         )?;
-        for iteration in 0..self.power_iterations {
+        for iteration in 0..self.config.power_iterations {
             let kl = |point: &Tensor| -> candle_core::Result<Tensor> {
                 Ok(kl_from_logits(&reference, &logits_fn(point)?)?)
             };
             let g = target
-                .point_gradient_at(&kl, &(&d * self.xi)?)?
+                .point_gradient_at(&kl, &(&d * self.config.xi)?)?
                 .gradient
                 .detach();
             if iteration == 0 {
@@ -96,7 +136,7 @@ impl Vat {
         clean_logits: &Tensor,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        Ok((self.direction(batch, clean_logits, rng)? * self.eps)?)
+        Ok((self.direction(batch, clean_logits, rng)? * self.config.eps)?)
     }
 
     /// `weight * KL(p(x) || p(x + r_vadv))` with p(x) and r_vadv held fixed; no labels needed.
@@ -109,13 +149,13 @@ impl Vat {
         let (logits_fn, _) = batch.outputs_and_task("VAT")?;
         let r = self.perturbation(batch, clean_logits, rng)?;
         let logits = logits_fn(&batch.target().perturb(&r)?)?;
-        Ok((kl_from_logits(&clean_logits.detach(), &logits)? * self.weight)?)
+        Ok((kl_from_logits(&clean_logits.detach(), &logits)? * self.config.weight)?)
     }
 
     fn passes(&self) -> Passes {
         Passes {
-            forward: 2 + self.power_iterations,
-            backward: 1 + self.power_iterations,
+            forward: 2 + self.config.power_iterations,
+            backward: 1 + self.config.power_iterations,
             double_backward: 0,
         }
     }

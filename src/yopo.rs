@@ -21,44 +21,87 @@ use crate::step::{Passes, Step, detach_all, scale_all};
 use crate::{Error, Result, Rng};
 use candle_core::{Tensor, Var};
 
+/// YOPO's hyper-parameters. The defaults are Zhang et al. (2019)'s YOPO-5-3 on CIFAR-10: m = 5 full
+/// passes, n = 3 first-layer steps of size alpha = 2/255 in the L-infinity ball of radius eps = 8/255
+/// (pixels in [0, 1]), from zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YopoConfig {
+    /// The ball's radius eps (>= 0).
+    pub eps: f64,
+    /// The inner step's size alpha (> 0).
+    pub alpha: f64,
+    /// Full passes m (>= 1).
+    pub outer: usize,
+    /// First-layer steps per full pass n (>= 1).
+    pub inner: usize,
+    /// Step geometry (L2 ball for `L2`, L-infinity for `Sign`).
+    pub norm: StepNorm,
+    /// Zero or random start.
+    pub start: Start,
+}
+
+impl Default for YopoConfig {
+    fn default() -> Self {
+        Self {
+            eps: 8.0 / 255.0,
+            alpha: 2.0 / 255.0,
+            outer: 5,
+            inner: 3,
+            norm: StepNorm::Sign,
+            start: Start::Zero,
+        }
+    }
+}
+
+impl YopoConfig {
+    /// Checks every value; the one place YOPO's settings are validated.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_positive("alpha", self.alpha)?;
+        check_count("outer", self.outer)?;
+        check_count("inner", self.inner)
+    }
+}
+
 /// YOPO-m-n.
 #[derive(Clone, Copy, Debug)]
 pub struct Yopo {
-    eps: f64,
-    alpha: f64,
-    outer: usize,
-    inner: usize,
-    norm: StepNorm,
-    start: Start,
+    config: YopoConfig,
 }
 
 impl Yopo {
-    /// `outer` = m full passes, `inner` = n first-layer steps of size `alpha`, in an L-infinity ball of
-    /// radius `eps` (sign steps), zero start.
+    /// YOPO with validated settings.
+    pub fn from_config(config: YopoConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &YopoConfig {
+        &self.config
+    }
+
+    /// `outer` = m full passes, `inner` = n first-layer steps of size `alpha`, in a ball of radius
+    /// `eps`, the other settings at their defaults ([`YopoConfig`]: sign steps, zero start).
     pub fn new(eps: f64, alpha: f64, outer: usize, inner: usize) -> Result<Self> {
-        check_non_negative("eps", eps)?;
-        check_positive("alpha", alpha)?;
-        check_count("outer", outer)?;
-        check_count("inner", inner)?;
-        Ok(Self {
+        Self::from_config(YopoConfig {
             eps,
             alpha,
             outer,
             inner,
-            norm: StepNorm::Sign,
-            start: Start::Zero,
+            ..YopoConfig::default()
         })
     }
 
     /// Step geometry (L2 ball for `L2`, L-infinity for `Sign`).
     pub fn with_norm(mut self, norm: StepNorm) -> Self {
-        self.norm = norm;
+        self.config.norm = norm;
         self
     }
 
     /// Zero or random start.
     pub fn with_start(mut self, start: Start) -> Self {
-        self.start = start;
+        self.config.start = start;
         self
     }
 
@@ -67,13 +110,13 @@ impl Yopo {
     pub fn run(&self, batch: &Batch, rng: &mut Rng) -> Result<(Step, Tensor)> {
         let target = batch.target();
         let (first, rest) = batch.first_layer("YOPO")?;
-        let ball = Ball::for_norm(self.norm, self.eps)?;
-        let mut delta = match self.start {
+        let ball = Ball::for_norm(self.config.norm, self.config.eps)?;
+        let mut delta = match self.config.start {
             Start::Zero => target.point().zeros_like()?,
             Start::Random => ball.random_point(target, rng)?,
         };
         let mut total: Option<Step> = None;
-        for _ in 0..self.outer {
+        for _ in 0..self.config.outer {
             // Full pass: the weights' gradients and the co-state p = dL/dz.
             let z = first(&target.perturb(&delta)?)?;
             let z_probe = Var::zeros(z.shape(), z.dtype(), z.device())?;
@@ -94,7 +137,7 @@ impl Yopo {
                 .detach();
             detach_all(&mut grads);
             // n cheap steps through the first layer only.
-            for inner in 0..self.inner {
+            for inner in 0..self.config.inner {
                 let hamiltonian = |point: &Tensor| (first(point)? * &costate)?.sum_all();
                 let g = target
                     .point_gradient_at(&hamiltonian, &delta)?
@@ -103,7 +146,8 @@ impl Yopo {
                 if total.is_none() && inner == 0 {
                     batch.check_gradient(&g)?;
                 }
-                let moved = (&delta + (self.norm.direction(target, &g)? * self.alpha)?)?;
+                let moved =
+                    (&delta + (self.config.norm.direction(target, &g)? * self.config.alpha)?)?;
                 delta = ball.project(target, &moved)?;
             }
             let loss = loss.detach().reshape(())?;
@@ -124,13 +168,13 @@ impl Yopo {
             });
         }
         let mut step = total.expect("outer >= 1");
-        let m = self.outer as f64;
+        let m = self.config.outer as f64;
         scale_all(&mut step.grads, 1.0 / m)?;
         let step = Step {
             loss: (step.loss / m)?,
             passes: Passes {
-                forward: self.outer,
-                backward: self.outer,
+                forward: self.config.outer,
+                backward: self.config.outer,
                 double_backward: 0,
             },
             ..step

@@ -144,3 +144,61 @@ fn the_gradient_check_is_on_for_the_cpu_and_off_elsewhere_by_default() {
         }
     }
 }
+
+#[test]
+fn every_config_is_a_plain_struct_whose_default_is_valid_and_checked_in_one_place() {
+    use advtrain::{
+        FgmConfig, FreeAtConfig, FreeLbConfig, GradientPenaltyConfig, LaplacianConfig, PgdConfig,
+        SmartConfig, TargetShiftConfig, VatConfig, YopoConfig,
+    };
+    // The defaults build.
+    Fgm::from_config(FgmConfig::default()).unwrap();
+    GradientPenalty::from_config(GradientPenaltyConfig::default()).unwrap();
+    Pgd::from_config(PgdConfig::default()).unwrap();
+    FreeAt::from_config(FreeAtConfig::default()).unwrap();
+    Yopo::from_config(YopoConfig::default()).unwrap();
+    FreeLb::from_config(FreeLbConfig::default()).unwrap();
+    Smart::from_config(SmartConfig::default()).unwrap();
+    Vat::from_config(VatConfig::default()).unwrap();
+    Laplacian::from_config(LaplacianConfig::default()).unwrap();
+    TargetShift::from_config(TargetShiftConfig::default()).unwrap();
+    // The shortcuts are the config with the rest at its defaults.
+    assert_eq!(
+        *Pgd::new(0.5, 0.1, 4).unwrap().config(),
+        PgdConfig {
+            eps: 0.5,
+            alpha: 0.1,
+            steps: 4,
+            ..PgdConfig::default()
+        }
+    );
+    assert_eq!(Vat::new(2.0).unwrap().config().xi, VatConfig::default().xi);
+    // A bad value is refused at construction, naming the field.
+    let named = |e: Error| match e {
+        Error::InvalidArgument { name, .. } => name,
+        other => panic!("{other}"),
+    };
+    let bad_pgd = PgdConfig {
+        steps: 0,
+        ..PgdConfig::default()
+    };
+    assert_eq!(named(Pgd::from_config(bad_pgd).unwrap_err()), "steps");
+    let bad_vat = VatConfig {
+        weight: -1.0,
+        ..VatConfig::default()
+    };
+    assert_eq!(named(Vat::from_config(bad_vat).unwrap_err()), "weight");
+    let bad_freelb = FreeLbConfig {
+        norm: advtrain::StepNorm::Raw,
+        ..FreeLbConfig::default()
+    };
+    assert_eq!(named(FreeLb::from_config(bad_freelb).unwrap_err()), "norm");
+    let bad_smart = SmartConfig {
+        step_size: 0.0,
+        ..SmartConfig::default()
+    };
+    assert_eq!(
+        named(Smart::from_config(bad_smart).unwrap_err()),
+        "step_size"
+    );
+}

@@ -238,7 +238,10 @@ fn bad_arguments_are_errors() {
     let ok = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
     assert!(matches!(
         noise::label_smoothing(&ok, 4, 1.5, DType::F64),
-        Err(Error::InvalidArgument { name: "alpha", .. })
+        Err(Error::InvalidArgument {
+            name: "smoothing",
+            ..
+        })
     ));
     let empty = Tensor::zeros(0, DType::U32, &Device::Cpu).unwrap();
     assert!(matches!(
