@@ -100,6 +100,7 @@ pub mod free_at;
 pub mod freelb;
 pub mod fused;
 pub mod gradient_penalty;
+mod grads;
 pub mod init;
 pub mod laplacian;
 pub mod method;

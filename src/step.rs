@@ -4,6 +4,7 @@
 //! `step.grads` to their own optimiser (`candle_nn::Optimizer::step(&step.grads)`).
 
 use crate::Result;
+pub(crate) use crate::grads::{detach_all, scale_all};
 use crate::target::PointGradient;
 
 /// Which loss a method that trains at a perturbed point (FGM, PGD) trains the weights on.
@@ -44,19 +45,6 @@ pub struct Step {
     pub grads: GradStore,
     /// The passes this step cost.
     pub passes: Passes,
-}
-
-/// Detaches every gradient in `grads`. First-order methods call it as soon as a backward pass returns:
-/// with second order on, candle keeps each gradient's graph (and every intermediate tensor it
-/// references) alive until the store is dropped, which a first-order step never needs.
-pub(crate) fn detach_all(grads: &mut GradStore) {
-    let ids: Vec<_> = grads.get_ids().copied().collect();
-    for id in ids {
-        if let Some(g) = grads.get_id(id) {
-            let detached = g.detach();
-            grads.insert_id(id, detached);
-        }
-    }
 }
 
 /// The clean pass reduced to values (loss and gradients, detached) plus the gradient with respect to the
@@ -130,18 +118,6 @@ where
             double_backward: 0,
         },
     })
-}
-
-/// Multiplies every gradient in `grads` by `factor`.
-pub(crate) fn scale_all(grads: &mut GradStore, factor: f64) -> Result<()> {
-    let ids: Vec<_> = grads.get_ids().copied().collect();
-    for id in ids {
-        if let Some(g) = grads.get_id(id) {
-            let scaled = (g * factor)?;
-            grads.insert_id(id, scaled);
-        }
-    }
-    Ok(())
 }
 
 impl Step {

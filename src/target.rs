@@ -391,7 +391,7 @@ impl Target {
                 Ok((loss, grads))
             })?,
         };
-        crate::step::detach_all(&mut grads);
+        crate::grads::detach_all(&mut grads);
         Ok((loss.detach(), grads))
     }
 

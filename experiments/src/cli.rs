@@ -1,6 +1,7 @@
 //! The command line (clap): `advtrain [verify [--markdown]]` and `advtrain experiment <name> [options]`.
 //! `--help` works for every command; an unknown command or flag prints usage and exits non-zero.
 
+use super::rows::EpochRow;
 use super::run::{Experiment, Method, Options};
 use advtrain::{Error, Result};
 use clap::{Args, Parser, Subcommand};
@@ -152,7 +153,7 @@ pub fn run(options: &Options) -> Result<String> {
         options.out_dir.display()
     );
     println!("device: {}", advtrain::device::select().1);
-    super::run::run(options)?;
+    train_all(options)?;
     let summary = std::fs::read_to_string(options.out_dir.join("summary.md")).map_err(|e| {
         Error::data(
             options.out_dir.join("summary.md").display(),
@@ -162,4 +163,36 @@ pub fn run(options: &Options) -> Result<String> {
         )
     })?;
     Ok(summary)
+}
+
+/// Runs every method over every seed; returns all rows and writes the results table, the summary
+/// and the figures under `options.out_dir`.
+pub fn train_all(options: &Options) -> Result<Vec<EpochRow>> {
+    advtrain::error::check_count("--seeds", options.seeds)?;
+    advtrain::error::check_count("--epochs", options.epochs)?;
+    let prepared = super::run::prepare(options)?;
+    let bars = indicatif::MultiProgress::new();
+    let runs = options.runs();
+    let overall = bars.add(indicatif::ProgressBar::new(runs.len() as u64));
+    overall.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs, {elapsed}")
+            .expect("a valid template"),
+    );
+    overall.set_prefix(options.experiment.name());
+    let mut rows = Vec::new();
+    for run in runs {
+        let bar = bars.add(indicatif::ProgressBar::new(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  [{bar:30}] {pos}/{len} batches {msg} ({eta})",
+            )
+            .expect("a valid template"),
+        );
+        rows.extend(super::run::run_one(options, &prepared, run, &bar)?);
+        bar.finish_and_clear();
+        overall.inc(1);
+    }
+    overall.finish();
+    super::report::write_all(options, &rows)?;
+    Ok(rows)
 }

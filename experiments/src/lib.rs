@@ -13,9 +13,10 @@
 //! | [`encoder`] | the BERT-style text classifier (from scratch, or MiniLM's weights) |
 //! | [`cnn`] | the MNIST convolutional network |
 //! | [`checkpoint`] | Adam with saveable state; checkpoints to resume a run exactly |
-//! | [`run`] | the runner: methods x seeds x epochs, one row of metrics per epoch |
+//! | [`run`] | the runner: one method with one seed, epoch by epoch, with checkpoints |
+//! | [`rows`] | the results table: a row of metrics per run and epoch, as CSV |
 //! | [`report`] | results CSV, summary table, figures |
-//! | [`cli`] | the `experiment` command line |
+//! | [`cli`] | the command line: every run of an experiment, then the reports |
 
 pub mod checkpoint;
 pub mod cli;
@@ -24,5 +25,6 @@ pub mod data;
 pub mod encoder;
 pub mod layers;
 pub mod report;
+pub mod rows;
 pub mod run;
 pub mod tokenize;

@@ -13,6 +13,7 @@ use super::data::{
     thucnews,
 };
 use super::encoder::{EncoderConfig, TextClassifier};
+use super::rows::EpochRow;
 use super::tokenize::{TextTokenizer, pad_batch};
 use advtrain::Method as TrainingMethod;
 use advtrain::{
@@ -261,26 +262,6 @@ impl Experiment {
             },
         }
     }
-}
-
-/// One row of the results table: a run's metrics after one epoch.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EpochRow {
-    pub experiment: String,
-    pub method: String,
-    /// The method's radius (`Hyper::eps`); the default for methods without one.
-    pub eps: f64,
-    pub seed: u64,
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub dev_accuracy: f64,
-    pub test_accuracy: f64,
-    /// Test accuracy under FGSM / PGD-10 (L-infinity, `attack_eps`); NaN where not measured.
-    pub fgsm_accuracy: f64,
-    pub pgd_accuracy: f64,
-    pub passes_forward: usize,
-    pub passes_backward: usize,
-    pub seconds: f64,
 }
 
 /// Mixes a seed and an epoch into one seed.
@@ -646,7 +627,7 @@ pub fn run_one(
         std::fs::write(&config_file, &fingerprint).map_err(|e| io_error(&config_file, e))?;
     }
     let rows_file = dir.join("rows.csv");
-    let mut rows = super::report::read_rows(&rows_file).unwrap_or_default();
+    let mut rows = super::rows::read_rows(&rows_file).unwrap_or_default();
     let mut start = 0;
     for epoch in (1..=options.epochs).rev() {
         let path = checkpoint_path(&dir, epoch);
@@ -740,39 +721,7 @@ pub fn run_one(
         }
         rows.push(row);
         checkpoint::save(&checkpoint_path(&dir, epoch), &adam, epoch)?;
-        super::report::write_rows(&rows_file, &rows)?;
+        super::rows::write_rows(&rows_file, &rows)?;
     }
-    Ok(rows)
-}
-
-/// Runs every method over every seed; returns all rows and writes the results table, the summary
-/// and the figures under `options.out_dir`.
-pub fn run(options: &Options) -> Result<Vec<EpochRow>> {
-    advtrain::error::check_count("--seeds", options.seeds)?;
-    advtrain::error::check_count("--epochs", options.epochs)?;
-    let prepared = prepare(options)?;
-    let bars = indicatif::MultiProgress::new();
-    let runs = options.runs();
-    let overall = bars.add(indicatif::ProgressBar::new(runs.len() as u64));
-    overall.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs, {elapsed}")
-            .expect("a valid template"),
-    );
-    overall.set_prefix(options.experiment.name());
-    let mut rows = Vec::new();
-    for run in runs {
-        let bar = bars.add(indicatif::ProgressBar::new(0));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "  [{bar:30}] {pos}/{len} batches {msg} ({eta})",
-            )
-            .expect("a valid template"),
-        );
-        rows.extend(run_one(options, &prepared, run, &bar)?);
-        bar.finish_and_clear();
-        overall.inc(1);
-    }
-    overall.finish();
-    super::report::write_all(options, &rows)?;
     Ok(rows)
 }

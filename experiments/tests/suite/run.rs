@@ -3,8 +3,9 @@
 
 use advtrain_experiments::cli::parse;
 use advtrain_experiments::report::markdown;
-use advtrain_experiments::report::{mean_std, read_rows, summarise};
-use advtrain_experiments::run::{EpochRow, Experiment, Method, Options, Run, prepare, run_one};
+use advtrain_experiments::report::{mean_std, summarise};
+use advtrain_experiments::rows::{EpochRow, read_rows};
+use advtrain_experiments::run::{Experiment, Method, Options, Run, prepare, run_one};
 
 fn fgm(seed: u64) -> Run {
     Run {
@@ -157,11 +158,8 @@ fn a_sweep_is_summarised_per_radius() {
 #[test]
 fn a_results_file_with_a_bad_cell_names_its_line() {
     let path = std::env::temp_dir().join(format!("advtrain-rows-{}.csv", std::process::id()));
-    advtrain_experiments::report::write_rows(
-        &path,
-        &[row("fgm", 1, 1, 0.5), row("fgm", 1, 2, 0.6)],
-    )
-    .unwrap();
+    advtrain_experiments::rows::write_rows(&path, &[row("fgm", 1, 1, 0.5), row("fgm", 1, 2, 0.6)])
+        .unwrap();
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("0.6", "zero point six");
