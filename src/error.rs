@@ -63,8 +63,8 @@ pub enum Error {
         "the gradient of the loss with respect to the {target} is identically zero, so no perturbation \
          direction exists; a cut gradient path (see the ops listed under NoGradient) or a fully saturated \
          loss does this. Fix: check the model with advtrain::target::Target::check_gradient, or, if a zero \
-         gradient is expected late in training, call `.allow_zero_gradient(true)` on the method to take a \
-         zero perturbation instead"
+         gradient is expected late in training, build the batch with \
+         `.with_check(advtrain::GradientCheck::Finite)` to take a zero perturbation instead"
     )]
     ZeroGradient { target: String },
     /// NaN or infinity where a finite number is required.

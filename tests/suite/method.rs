@@ -136,6 +136,20 @@ fn the_gradient_check_is_on_for_the_cpu_and_off_elsewhere_by_default() {
             matches!(outcome, Err(Error::ZeroGradient { .. })),
             "method {i}: {outcome:?}"
         );
+        // Off reads nothing on the host: even a NaN gradient passes unseen (the GPU default).
+        let nan = |x: &Tensor| x.sum_all()? * f64::NAN;
+        assert!(matches!(
+            method.step(&Batch::new(&target, &nan), &mut Rng::new(0)),
+            Err(Error::NonFinite { .. })
+        ));
+        assert!(
+            method
+                .step(
+                    &Batch::new(&target, &nan).with_check(GradientCheck::Off),
+                    &mut Rng::new(0)
+                )
+                .is_ok()
+        );
         for check in [GradientCheck::Finite, GradientCheck::Off] {
             let step = method
                 .step(&checked.with_check(check), &mut Rng::new(0))
