@@ -46,11 +46,11 @@ where
         let composed = method
             .clone()
             .with(regulariser.clone())
-            .step(&batch, &mut Rng::new(11))
+            .step(batch, &mut Rng::new(11))
             .unwrap();
         let mut rng = Rng::new(11);
-        let part = method.clone().step(&batch, &mut rng).unwrap();
-        let penalty = regulariser.penalty(&batch, &mut rng).unwrap();
+        let part = method.clone().step(batch, &mut rng).unwrap();
+        let penalty = regulariser.penalty(batch, &mut rng).unwrap();
         let penalty_grads = penalty.value.backward().unwrap();
         let expected = (flat_gradient(&vars, &part.grads).unwrap()
             + flat_gradient(&vars, &penalty_grads).unwrap())
@@ -138,8 +138,8 @@ fn plain_training_plus_a_regulariser_is_the_regularising_methods_own_step() {
             ),
         ];
         for (name, mut composed, mut own) in pairs {
-            let a = composed.step(&batch, &mut Rng::new(2)).unwrap();
-            let b = own.step(&batch, &mut Rng::new(2)).unwrap();
+            let a = composed.step(batch, &mut Rng::new(2)).unwrap();
+            let b = own.step(batch, &mut Rng::new(2)).unwrap();
             let e = relative_error(
                 &flat_gradient(&vars, &a.grads).unwrap(),
                 &flat_gradient(&vars, &b.grads).unwrap(),
@@ -157,7 +157,7 @@ fn label_smoothing_as_a_penalty_is_the_cross_entropy_against_smoothed_labels() {
         let alpha = 0.2;
         let step = Plain
             .with(LabelSmoothing::new(alpha).unwrap())
-            .step(&batch, &mut Rng::new(0))
+            .step(batch, &mut Rng::new(0))
             .unwrap();
         let soft = advtrain::noise::label_smoothing(&b.labels, 3, alpha, DType::F64).unwrap();
         let direct = advtrain::ops::soft_cross_entropy(
