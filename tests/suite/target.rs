@@ -354,21 +354,35 @@ fn in_place_target_runs_the_users_unchanged_model_and_restores_the_weight_bit_fo
     assert!(in_place.is_in_place());
     let matrix = Target::embedding_matrix(weight).unwrap();
     let vars = model.vars();
-    let methods: Vec<(&str, Box<dyn Method>)> = vec![
-        ("FGM", Box::new(Fgm::new(0.3).unwrap())),
-        ("PGD", Box::new(Pgd::new(0.3, 0.1, 3).unwrap())),
-        (
-            "FreeLB",
+    // A fresh method for each target: FreeAT carries its perturbation from step to step.
+    type Factory = fn() -> Box<dyn Method>;
+    let methods: Vec<(&str, Factory)> = vec![
+        ("FGM", || Box::new(Fgm::new(0.3).unwrap())),
+        ("PGD", || Box::new(Pgd::new(0.3, 0.1, 3).unwrap())),
+        ("FreeLB", || {
             Box::new(
                 FreeLb::new(0.1, 3)
                     .unwrap()
                     .with_norm(StepNorm::L2(Scope::PerBatch))
                     .unwrap(),
-            ),
-        ),
+            )
+        }),
+        ("FreeAT", || {
+            Box::new(advtrain::FreeAt::new(0.01, 2).unwrap())
+        }),
+        ("noise", || {
+            Box::new(advtrain::Noise::Gaussian { sigma: 0.01 })
+        }),
+        ("plain", || Box::new(advtrain::Plain)),
+        ("gradient penalty", || {
+            Box::new(advtrain::GradientPenalty::new(0.3).unwrap())
+        }),
+        ("Laplacian", || {
+            Box::new(advtrain::Laplacian::new(0.3).unwrap())
+        }),
     ];
-    for (name, mut method) in methods {
-        let a = method
+    for (name, method) in methods {
+        let a = method()
             .step(&Batch::new(&in_place, &unchanged), &mut Rng::new(4))
             .unwrap();
         let after: Vec<Vec<f64>> = weight.to_vec2().unwrap();
@@ -376,7 +390,7 @@ fn in_place_target_runs_the_users_unchanged_model_and_restores_the_weight_bit_fo
             after == before,
             "{name}: the weight was not restored bit for bit"
         );
-        let b = method
+        let b = method()
             .step(&Batch::new(&matrix, &whole), &mut Rng::new(4))
             .unwrap();
         steps_agree(&a, &b, &vars, 1e-12, name);
