@@ -55,6 +55,8 @@ impl Ball {
         target.check_delta(delta)?;
         let projected = match *self {
             Ball::Linf { radius } => delta.clamp(-radius, radius)?,
+            // The ball of radius 0 is the point itself (and r / ||delta|| would be 0 / 0).
+            Ball::L2 { radius: 0.0, .. } => delta.zeros_like()?,
             Ball::L2 { radius, scope } => {
                 let norms = squared_norms(target, delta, scope)?.sqrt()?;
                 // min(1, r / ||delta||), written so that a zero delta stays zero.

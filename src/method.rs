@@ -181,6 +181,24 @@ impl<'a> Batch<'a> {
             GradientCheck::FiniteNonZero => self.target.check_gradient_value(gradient, false),
         }
     }
+
+    /// The check for a gradient that may be zero by construction: the first ascent gradient of a
+    /// divergence between the outputs at two nearby points (SMART, VAT), which vanishes when the
+    /// points coincide. Finite unless the check is off.
+    pub(crate) fn check_gradient_finite(&self, gradient: &Tensor) -> Result<()> {
+        match self.check {
+            GradientCheck::Off => Ok(()),
+            GradientCheck::Finite | GradientCheck::FiniteNonZero => {
+                self.target.check_gradient_value(gradient, true)
+            }
+        }
+    }
+
+    /// The same batch with the gradient check off: a composed step's later parts, once the first
+    /// part has checked.
+    pub(crate) fn unchecked(&self) -> Self {
+        self.with_check(GradientCheck::Off)
+    }
 }
 
 /// A training method: one step on a batch, inside the user's training loop.

@@ -101,6 +101,11 @@ impl Method for Noise {
     /// One step on `L(x + e)` for one draw `e`: one forward and one backward pass. `clean_loss` is the
     /// noisy loss too (the clean one would cost another pass).
     fn step(&mut self, batch: &Batch, rng: &mut Rng) -> Result<Step> {
+        if batch.target().is_in_place() && !matches!(self, Noise::Gaussian { .. }) {
+            // `x * m` must stay attached to the weight for its gradient (`m dL/d(x m)`); an in-place
+            // pass sets the weight's values and would lose the factor m.
+            batch.target().refuse_in_place()?;
+        }
         let delta = self.sample(batch.target(), rng)?;
         let (loss, grads) = batch
             .target()

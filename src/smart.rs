@@ -171,6 +171,7 @@ impl Smart {
     /// gradient is checked as `batch` says.
     pub fn attack(&self, batch: &Batch, clean: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         let target = batch.target();
+        target.refuse_in_place()?;
         let (output_fn, _) = batch.outputs_and_task("SMART")?;
         let p = target.point();
         let reference = clean.detach();
@@ -189,7 +190,7 @@ impl Smart {
                 .gradient
                 .detach();
             if step == 0 {
-                batch.check_gradient(&g)?;
+                batch.check_gradient_finite(&g)?;
             }
             delta = (&delta + (self.config.norm.direction(target, &g)? * self.config.step_size)?)?;
             if self.config.eps > 0.0 {

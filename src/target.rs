@@ -12,8 +12,8 @@
 //!   of the matrix for every occurrence of a token. The closure does the lookup itself.
 //! * [`Target::in_place`]: a weight the model reads itself (a `Var` of a model the user cannot edit,
 //!   such as a pretrained encoder's embedding matrix): each perturbed pass sets the variable to
-//!   `point + delta`, runs the user's unchanged model, takes the backward pass and restores the
-//!   variable bit for bit, as the seeds' one-line FGM does. The closure ignores the tensor it is given.
+//!   its current value plus delta, runs the user's unchanged model, takes the backward pass and
+//!   restores the variable bit for bit, as the seeds' one-line FGM does. The closure ignores the tensor it is given.
 //! * [`Target::embedding_rows`]: the same step as the embedding matrix's without a copy of the matrix
 //!   per perturbed pass: the point is the rows the batch looks up (each once), and the closure looks
 //!   the ids up in them with [`RowLookup::embed`]. The matrix gradient is zero outside those rows, so
@@ -205,15 +205,17 @@ impl Target {
         })
     }
 
-    /// A weight that the model reads itself, perturbed in place: every perturbed pass sets `weight` to
-    /// `point + delta`, runs the loss closure (which ignores its argument and runs the user's model as
-    /// it is), takes its backward pass and restores `weight` bit for bit, on error too. FGM, PGD,
-    /// FreeAT, FreeLB, noise, plain training and the exact gradient penalty and Hutchinson steps work
-    /// on it. Methods that put the model at two points into one graph (SMART, VAT, YOPO, target
-    /// shift, the finite-difference forms) return an error naming this target.
+    /// A weight that the model reads itself, perturbed in place: every perturbed pass copies the
+    /// weight's current value `w`, sets `weight` to `w + delta`, runs the loss closure (which ignores
+    /// its argument and runs the user's model as it is), takes its backward pass and restores `w` bit
+    /// for bit, on error too. The target can be built once: it always perturbs the weight's current
+    /// value, so the optimiser's updates between steps are kept. FGM, PGD, FreeAT, FreeLB, Gaussian
+    /// noise, plain training and the exact gradient penalty and Hutchinson steps work on it. Methods
+    /// that put the model at two points into one graph (SMART, VAT, YOPO, target shift, the
+    /// finite-difference forms) and multiplicative noise (whose perturbation must stay attached to
+    /// the weight) return an error naming this target.
     pub fn in_place(weight: &Var) -> Result<Self> {
         let mut target = Self::weight(weight)?;
-        target.point = weight.as_tensor().detach().copy()?;
         target.in_place = true;
         Ok(target)
     }
@@ -338,7 +340,7 @@ impl Target {
     }
 
     /// The error for a computation that an in-place target cannot serve.
-    fn refuse_in_place(&self) -> Result<()> {
+    pub(crate) fn refuse_in_place(&self) -> Result<()> {
         if self.in_place {
             return Err(Error::InvalidArgument {
                 name: "target",
@@ -395,17 +397,20 @@ impl Target {
         Ok((loss.detach(), grads))
     }
 
-    /// Runs `pass` with the in-place variable set to `point + mask * delta`, then restores it.
+    /// Runs `pass` with the in-place variable set to `w + mask * delta`, `w` its value now, then
+    /// restores `w`.
     fn with_in_place<T>(&self, delta: &Tensor, pass: impl FnOnce(&Var) -> Result<T>) -> Result<T> {
         self.check_delta(delta)?;
         let var = self
             .var
             .as_ref()
             .expect("an in-place target holds its variable");
-        let perturbed = (&self.point + self.apply_mask(&delta.detach())?)?;
+        // The weight's value now: the optimiser may have moved it since the target was built.
+        let current = var.as_tensor().detach().copy()?;
+        let perturbed = (&current + self.apply_mask(&delta.detach())?)?;
         let _restore = Restore {
             var,
-            value: &self.point,
+            value: &current,
         };
         var.set(&perturbed)?;
         pass(var)

@@ -95,6 +95,7 @@ fn outputs_at_point<G>(target: &Target, output_fn: &G) -> Result<(Tensor, Tensor
 where
     G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
+    target.refuse_in_place()?;
     check_examples(target)?;
     let (point, probe) = target.probe_point()?;
     let outputs = output_fn(&point)?;

@@ -105,6 +105,7 @@ impl Vat {
     /// power iteration's gradient is checked as `batch` says.
     pub fn direction(&self, batch: &Batch, clean_logits: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         let target = batch.target();
+        target.refuse_in_place()?;
         let (logits_fn, _) = batch.outputs_and_task("VAT")?;
         let unit = StepNorm::L2(Scope::PerExample);
         let p = target.point();
@@ -122,7 +123,7 @@ impl Vat {
                 .gradient
                 .detach();
             if iteration == 0 {
-                batch.check_gradient(&g)?;
+                batch.check_gradient_finite(&g)?;
             }
             d = unit.direction(target, &g)?;
         }

@@ -109,6 +109,7 @@ impl Yopo {
     /// perturbed point to the first layer's output z, its rest maps z to the scalar loss.
     pub fn run(&self, batch: &Batch, rng: &mut Rng) -> Result<(Step, Tensor)> {
         let target = batch.target();
+        target.refuse_in_place()?;
         let (first, rest) = batch.first_layer("YOPO")?;
         let ball = Ball::for_norm(self.config.norm, self.config.eps)?;
         let mut delta = match self.config.start {

@@ -216,3 +216,34 @@ fn every_config_is_a_plain_struct_whose_default_is_valid_and_checked_in_one_plac
         "step_size"
     );
 }
+
+#[test]
+fn a_divergence_ascent_may_start_at_a_zero_gradient_and_a_zero_ball_is_no_nan() {
+    // SMART without starting noise: its first ascent gradient is exactly zero (the two outputs
+    // coincide), which is no cut path; the default check accepts it.
+    let (model, b) = model();
+    let logits = |e: &Tensor| model.logits_from_embeddings(e, &b.mask);
+    let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, &b.labels);
+    let embeddings = model.embed(&b.ids).unwrap();
+    let target = Target::embedding_output(&embeddings, Some(&b.mask)).unwrap();
+    let batch = Batch::with_outputs(&target, &logits, &task);
+    let step = Smart::new(1.0, SmartDivergence::SymmetricKl)
+        .unwrap()
+        .with_noise_var(0.0)
+        .unwrap()
+        .step(&batch, &mut Rng::new(0))
+        .unwrap();
+    assert!(step.loss.to_scalar::<f64>().unwrap().is_finite());
+    // PGD in a ball of radius 0 is plain training, with no 0/0 in the projection.
+    let x = Tensor::new(&[[1.0f64, 2.0]], &Device::Cpu).unwrap();
+    let input = Target::input(&x).unwrap();
+    let flat = |x: &Tensor| (x.sqr()?.neg()? - 1.0)?.relu()?.sum_all()?.affine(1.0, 1.0);
+    let step = Pgd::new(0.0, 0.1, 2)
+        .unwrap()
+        .step(
+            &Batch::new(&input, &flat).with_check(GradientCheck::Finite),
+            &mut Rng::new(0),
+        )
+        .unwrap();
+    assert_eq!(step.loss.to_scalar::<f64>().unwrap(), 2.0);
+}

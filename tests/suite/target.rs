@@ -424,3 +424,87 @@ fn in_place_target_runs_the_users_unchanged_model_and_restores_the_weight_bit_fo
         .to_string();
     assert!(e.contains("Target::in_place") && e.contains("fix"), "{e}");
 }
+
+#[test]
+fn an_in_place_target_built_once_keeps_the_optimisers_updates() {
+    use advtrain::{Fgm, Noise, Smart, SmartDivergence, TargetShift, Vat};
+    use candle_nn::Optimizer;
+    // Two copies of one model: one trained through the in-place target (built once, before the
+    // loop), the other through the matrix target with a model that takes the matrix.
+    let run = |in_place: bool| -> Vec<Vec<f64>> {
+        let (model, batch) = embedding_model();
+        let weight = model.embedding_matrix();
+        let mut opt = candle_nn::SGD::new(model.vars(), 0.5).unwrap();
+        let unchanged = |_: &Tensor| {
+            model.loss_from_embeddings(&model.embed(&batch.ids)?, &batch.mask, &batch.labels)
+        };
+        let whole = |w: &Tensor| {
+            model.loss_from_embeddings(
+                &model.embed_with(w, &batch.ids)?,
+                &batch.mask,
+                &batch.labels,
+            )
+        };
+        let target = if in_place {
+            Target::in_place(weight).unwrap()
+        } else {
+            Target::embedding_matrix(weight).unwrap()
+        };
+        let loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor> =
+            if in_place { &unchanged } else { &whole };
+        let mut fgm = Fgm::new(0.3).unwrap();
+        for _ in 0..3 {
+            let step = fgm
+                .step(&Batch::new(&target, loss), &mut Rng::new(0))
+                .unwrap();
+            opt.step(&step.grads).unwrap();
+        }
+        weight.to_vec2().unwrap()
+    };
+    let (a, b) = (run(true), run(false));
+    let flat = |m: &Vec<Vec<f64>>| Tensor::new(m.concat(), &Device::Cpu).unwrap();
+    let e = advtrain::verify::relative_error(&flat(&a), &flat(&b)).unwrap();
+    assert!(e < 1e-12, "after three updates the weights differ by {e:e}");
+    let (model, batch) = embedding_model();
+    assert!(
+        flat(&a)
+            .sub(&flat(&model.embedding_matrix().to_vec2::<f64>().unwrap()))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            > 0.0,
+        "the weight trained"
+    );
+    // What cannot run in place says so, naming the target, before any pass.
+    let weight = model.embedding_matrix();
+    let target = Target::in_place(weight).unwrap();
+    let logits = |_: &Tensor| model.logits_from_embeddings(&model.embed(&batch.ids)?, &batch.mask);
+    let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, &batch.labels);
+    let batch = Batch::with_outputs(&target, &logits, &task);
+    let mut refused: Vec<(&str, Box<dyn Method>)> = vec![
+        (
+            "multiplicative noise",
+            Box::new(Noise::Bernoulli { keep: 0.9 }),
+        ),
+        (
+            "SMART",
+            Box::new(Smart::new(1.0, SmartDivergence::SymmetricKl).unwrap()),
+        ),
+        ("VAT", Box::new(Vat::new(0.5).unwrap())),
+        (
+            "target shift",
+            Box::new(TargetShift::new(0.1, advtrain::Divergence::SquaredError).unwrap()),
+        ),
+    ];
+    for (name, method) in &mut refused {
+        let e = method
+            .step(&batch, &mut Rng::new(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Target::in_place"), "{name}: {e}");
+    }
+}
