@@ -381,6 +381,91 @@ pub fn mnist_csv(path: &Path) -> Result<ImageDataset> {
     Ok(data)
 }
 
+/// One IDX array (the format MNIST and Fashion-MNIST ship in, gzipped or not): a magic number
+/// `0 0 8 n` (unsigned bytes, `n` dimensions), `n` big-endian `u32` sizes, then the values.
+fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = read_bytes(path)?;
+    let bad = |reason: String| {
+        Error::data(
+            path.display(),
+            None,
+            reason,
+            "pass IDX files of unsigned bytes as MNIST ships them (train-images-idx3-ubyte[.gz] \
+             with train-labels-idx1-ubyte[.gz])",
+        )
+    };
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+        let head: Vec<u8> = bytes.iter().take(4).copied().collect();
+        return Err(bad(format!(
+            "not an IDX file of unsigned bytes: it starts with {head:02x?}, not 00 00 08 nn"
+        )));
+    }
+    if bytes[3] as usize != dims {
+        return Err(bad(format!(
+            "holds a {}-dimensional array where {dims} dimensions are expected",
+            bytes[3]
+        )));
+    }
+    let header = 4 + 4 * dims;
+    if bytes.len() < header {
+        return Err(bad(format!(
+            "ends inside its header ({} bytes)",
+            bytes.len()
+        )));
+    }
+    let sizes: Vec<usize> = (0..dims)
+        .map(|i| {
+            let at = 4 + 4 * i;
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+        })
+        .collect();
+    let expected = sizes.iter().product::<usize>();
+    let values = bytes.len() - header;
+    if values != expected {
+        return Err(bad(format!(
+            "its header promises {expected} values ({sizes:?}) and it holds {values}"
+        )));
+    }
+    Ok((sizes, bytes[header..].to_vec()))
+}
+
+/// Images and labels in IDX files (MNIST's and Fashion-MNIST's format, `.gz` or not): images
+/// `(n, height, width)` of bytes, scaled to [0, 1]; labels `(n)`; the classes are 0..=max label.
+pub fn idx_images(images: &Path, labels: &Path) -> Result<ImageDataset> {
+    let (sizes, pixels) = read_idx(images, 3)?;
+    let (label_sizes, label_bytes) = read_idx(labels, 1)?;
+    if label_sizes[0] != sizes[0] {
+        return Err(Error::data(
+            labels.display(),
+            None,
+            format!(
+                "holds {} labels for the {} images of {}",
+                label_sizes[0],
+                sizes[0],
+                images.display()
+            ),
+            "pass the labels file that goes with the images file",
+        ));
+    }
+    if sizes[0] == 0 {
+        return Err(Error::data(
+            images.display(),
+            None,
+            "holds no images",
+            "pass a non-empty IDX file",
+        ));
+    }
+    let labels: Vec<u32> = label_bytes.iter().map(|&y| u32::from(y)).collect();
+    let classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
+    Ok(ImageDataset {
+        pixels: pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+        labels,
+        height: sizes[1],
+        width: sizes[2],
+        classes,
+    })
+}
+
 /// CLUE classification JSONL (TNEWS, IFLYTEK): one object per line with `label` and `sentence`.
 /// Class names are the sorted distinct labels, or `classes` (from the training file) for dev files.
 pub fn clue_jsonl(path: &Path, classes: Option<&[String]>) -> Result<TextDataset> {

@@ -7,7 +7,7 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`data`] | THUCNews, Rotten Tomatoes, MNIST and CLUE JSONL loaders, seeded splits |
+//! | [`data`] | THUCNews, Rotten Tomatoes, MNIST (CSV and IDX) and CLUE JSONL loaders, seeded splits |
 //! | [`tokenize`] | WordPiece tokenisation (`tokenizers`), padded batches |
 //! | [`layers`] | dense and convolution layers with optional spectral normalisation |
 //! | [`encoder`] | the BERT-style text classifier (from scratch, or MiniLM's weights) |

@@ -3,7 +3,7 @@
 
 use advtrain::Error;
 use advtrain_experiments::data::{
-    Examples, clue_jsonl, mnist_csv, rotten_tomatoes, split, thucnews,
+    Examples, clue_jsonl, idx_images, mnist_csv, rotten_tomatoes, split, thucnews,
 };
 use std::path::{Path, PathBuf};
 
@@ -196,4 +196,67 @@ fn splits_are_seeded_disjoint_and_complete() {
     assert_eq!(all, original);
     assert!(split(&data, 0.6, 0.5, 1).is_err());
     assert!(split(&data, -0.1, 0.1, 1).is_err());
+}
+
+/// An IDX file of unsigned bytes with the given sizes, gzipped when the name ends in `.gz`.
+fn idx_file(name: &str, sizes: &[u32], values: &[u8]) -> PathBuf {
+    let mut bytes = vec![0u8, 0, 0x08, sizes.len() as u8];
+    for size in sizes {
+        bytes.extend_from_slice(&size.to_be_bytes());
+    }
+    bytes.extend_from_slice(values);
+    let dir = std::env::temp_dir().join(format!("advtrain-idx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    if name.ends_with(".gz") {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    } else {
+        std::fs::write(&path, bytes).unwrap();
+    }
+    path
+}
+
+#[test]
+fn idx_files_load_as_the_shipped_csv_and_malformed_ones_name_the_file() {
+    // The first 20 digits of the shipped CSV, written as MNIST's gzipped IDX pair, load back equal.
+    let csv = mnist_csv(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/mnist_5k.csv.gz"
+    )))
+    .unwrap();
+    let n = 20;
+    let pixels: Vec<u8> = csv.pixels[..n * 784]
+        .iter()
+        .map(|p| (p * 255.0).round() as u8)
+        .collect();
+    let labels: Vec<u8> = csv.labels[..n].iter().map(|&y| y as u8).collect();
+    let images_path = idx_file("images-idx3-ubyte.gz", &[n as u32, 28, 28], &pixels);
+    let labels_path = idx_file("labels-idx1-ubyte", &[n as u32], &labels);
+    let idx = idx_images(&images_path, &labels_path).unwrap();
+    assert_eq!((idx.len(), idx.height, idx.width), (n, 28, 28));
+    assert_eq!(idx.pixels, csv.pixels[..n * 784]);
+    assert_eq!(idx.labels, csv.labels[..n]);
+    assert_eq!(
+        idx.classes,
+        1 + *csv.labels[..n].iter().max().unwrap() as usize
+    );
+    // Malformed: each error names the file and says what is wrong.
+    let fails = |images: &Path, labels: &Path, says: &str| {
+        let e = idx_images(images, labels).unwrap_err();
+        assert!(matches!(e, Error::Data { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(says) && text.contains("fix: "), "{text}");
+    };
+    let not_idx = temp_file("not-idx", "label,text\n");
+    fails(&not_idx, &labels_path, "not an IDX file");
+    let truncated = idx_file("short-idx3-ubyte", &[n as u32, 28, 28], &pixels[..100]);
+    fails(&truncated, &labels_path, "promises 15680 values");
+    let two_dims = idx_file("flat-idx2-ubyte", &[n as u32, 784], &pixels);
+    fails(&two_dims, &labels_path, "2-dimensional");
+    let fewer = idx_file("fewer-idx1-ubyte", &[3], &labels[..3]);
+    fails(&images_path, &fewer, "holds 3 labels for the 20 images");
+    fails(&images_path, Path::new("no-such-labels"), "cannot open");
 }
