@@ -177,11 +177,13 @@ fn read_table(
     separator: u8,
     quote: Option<u8>,
     has_header: bool,
-    fields: usize,
+    fields: Option<usize>,
 ) -> Result<(DataFrame, Vec<usize>)> {
     let bytes = read_bytes(path)?;
     let shown = path.display().to_string();
     let found = records(&bytes, separator, quote);
+    // Without a fixed count, every record has as many fields as the first (the header).
+    let fields = fields.unwrap_or_else(|| found.first().map_or(0, |r| r.1));
     for &(line, n) in &found {
         if n != fields {
             return Err(Error::data(
@@ -296,9 +298,11 @@ fn text_dataset(
     Ok(out)
 }
 
-/// THUCNews headlines: `label<TAB>text` per line, no header, 10 classes.
-pub fn thucnews(path: &Path) -> Result<TextDataset> {
-    let (frame, lines) = read_table(path, b'\t', None, false, 2)?;
+/// Labelled texts as TSV: `label<TAB>text` per line, no header. Class names are the sorted distinct
+/// labels, or `classes` (from the training file) for dev and test files, where a label outside them
+/// is an error at its line.
+pub fn labelled_tsv(path: &Path, classes: Option<&[String]>) -> Result<TextDataset> {
+    let (frame, lines) = read_table(path, b'\t', None, false, Some(2))?;
     let labels = text_column(&frame, 0)?;
     let texts = text_column(&frame, 1)?;
     let rows = lines
@@ -307,13 +311,55 @@ pub fn thucnews(path: &Path) -> Result<TextDataset> {
         .zip(texts)
         .map(|((l, y), t)| (l, y, t))
         .collect();
-    text_dataset(path, rows, None)
+    text_dataset(path, rows, classes)
+}
+
+/// Labelled texts as CSV with a header: the label and the text are the columns whose names are
+/// given as `label` and `text` (others are ignored); fields may be quoted with `"`. Class names as
+/// in [`labelled_tsv`].
+pub fn labelled_csv(
+    path: &Path,
+    label: &str,
+    text: &str,
+    classes: Option<&[String]>,
+) -> Result<TextDataset> {
+    let (frame, lines) = read_table(path, b',', Some(b'"'), true, None)?;
+    let names: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let column = |name: &str| {
+        names.iter().position(|n| n == name).ok_or_else(|| {
+            Error::data(
+                path.display(),
+                Some(1),
+                format!("no column named {name:?} in the header {names:?}"),
+                "name the label and text columns of this file",
+            )
+        })
+    };
+    let (label_index, text_index) = (column(label)?, column(text)?);
+    let labels = text_column(&frame, label_index)?;
+    let texts = text_column(&frame, text_index)?;
+    let rows = lines
+        .into_iter()
+        .zip(labels)
+        .zip(texts)
+        .map(|((l, y), t)| (l, y, t))
+        .collect();
+    text_dataset(path, rows, classes)
+}
+
+/// THUCNews headlines: `label<TAB>text` per line, no header, 10 classes.
+pub fn thucnews(path: &Path) -> Result<TextDataset> {
+    labelled_tsv(path, None)
 }
 
 /// Rotten Tomatoes snippets: CSV `category,text,movie_name,has_plot_and_reviews`; `plot` rows are
 /// dropped, `fresh` and `rotten` are the classes.
 pub fn rotten_tomatoes(path: &Path) -> Result<TextDataset> {
-    let (frame, lines) = read_table(path, b',', Some(b'"'), true, 4)?;
+    let (frame, lines) = read_table(path, b',', Some(b'"'), true, Some(4))?;
     let names: Vec<String> = frame
         .get_column_names()
         .iter()
@@ -345,7 +391,7 @@ pub fn rotten_tomatoes(path: &Path) -> Result<TextDataset> {
 /// MNIST as CSV: 784 pixel values (0-255) then the label (0-9) per line, no header.
 pub fn mnist_csv(path: &Path) -> Result<ImageDataset> {
     const SIZE: usize = 28 * 28;
-    let (frame, lines) = read_table(path, b',', None, false, SIZE + 1)?;
+    let (frame, lines) = read_table(path, b',', None, false, Some(SIZE + 1))?;
     let columns: Vec<Vec<String>> = (0..=SIZE)
         .map(|j| text_column(&frame, j))
         .collect::<Result<_>>()?;

@@ -3,7 +3,8 @@
 
 use advtrain::Error;
 use advtrain_experiments::data::{
-    Examples, clue_jsonl, idx_images, mnist_csv, rotten_tomatoes, split, thucnews,
+    Examples, clue_jsonl, idx_images, labelled_csv, labelled_tsv, mnist_csv, rotten_tomatoes,
+    split, thucnews,
 };
 use std::path::{Path, PathBuf};
 
@@ -259,4 +260,52 @@ fn idx_files_load_as_the_shipped_csv_and_malformed_ones_name_the_file() {
     let fewer = idx_file("fewer-idx1-ubyte", &[3], &labels[..3]);
     fails(&images_path, &fewer, "holds 3 labels for the 20 images");
     fails(&images_path, Path::new("no-such-labels"), "cannot open");
+}
+
+#[test]
+fn your_own_labelled_texts_load_from_tsv_and_csv_with_errors_at_their_line() {
+    // TSV: classes from the training file; the dev file is read against them.
+    let train = temp_file(
+        "own-train.tsv",
+        "sports\tA match\nfinance\tA bank\nsports\tA race\n",
+    );
+    let train = labelled_tsv(&train, None).unwrap();
+    assert_eq!(train.classes, ["finance", "sports"]);
+    assert_eq!(train.labels, [1, 0, 1]);
+    assert_eq!(train.texts[1], "A bank");
+    let dev = temp_file("own-dev.tsv", "finance\tRates\nweather\tRain\n");
+    let e = labelled_tsv(&dev, Some(&train.classes))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2:") && e.contains("unknown label \"weather\""),
+        "{e}"
+    );
+    let ragged = temp_file("own-ragged.tsv", "sports\tA match\nfinance\n");
+    let e = labelled_tsv(&ragged, None).unwrap_err().to_string();
+    assert!(e.contains(":2:") && e.contains("expected 2 fields"), "{e}");
+    let empty = temp_file("own-empty.tsv", "sports\tA match\nfinance\t  \n");
+    let e = labelled_tsv(&empty, None).unwrap_err().to_string();
+    assert!(e.contains(":2:") && e.contains("empty text"), "{e}");
+    // CSV with a header: the columns are named; quoted commas stay in the text.
+    let csv = temp_file(
+        "own.csv",
+        "id,review,stars\n1,\"Good, really\",pos\n2,Dull,neg\n",
+    );
+    let data = labelled_csv(&csv, "stars", "review", None).unwrap();
+    assert_eq!(data.classes, ["neg", "pos"]);
+    assert_eq!(data.texts, ["Good, really", "Dull"]);
+    assert_eq!(data.labels, [1, 0]);
+    let e = labelled_csv(&csv, "label", "review", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":1:") && e.contains("no column named \"label\"") && e.contains("stars"),
+        "{e}"
+    );
+    let ragged = temp_file("own-ragged.csv", "id,review,stars\n1,Fine,pos\n2,Dull\n");
+    let e = labelled_csv(&ragged, "stars", "review", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":3:") && e.contains("expected 3 fields"), "{e}");
 }
