@@ -29,7 +29,7 @@ pub enum Command {
     },
     /// Train every method over seeds on an experiment's data and write the results table, summary
     /// and figures (book chapter "Experiments").
-    Experiment(ExperimentArgs),
+    Experiment(Box<ExperimentArgs>),
 }
 
 /// The options of `advtrain experiment`.
@@ -64,6 +64,13 @@ pub struct ExperimentArgs {
     /// Where the data folder is.
     #[arg(long, default_value = "data")]
     pub data: PathBuf,
+    /// mnist only: images in IDX format (gzipped or not, as MNIST and Fashion-MNIST ship them)
+    /// instead of the bundled digits; needs --labels.
+    #[arg(long, requires = "labels")]
+    pub images: Option<PathBuf>,
+    /// mnist only: the labels that go with --images (IDX).
+    #[arg(long, requires = "images")]
+    pub labels: Option<PathBuf>,
 }
 
 fn bad(name: &'static str, reason: String) -> Error {
@@ -126,7 +133,23 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             PathBuf::from("data/results").join(name)
         }
     });
+    let images = match (args.images, args.labels) {
+        (Some(images), Some(labels)) => {
+            if experiment != Experiment::Mnist {
+                return Err(bad(
+                    "--images",
+                    format!(
+                        "IDX images feed the mnist experiment, not {}",
+                        experiment.name()
+                    ),
+                ));
+            }
+            Some((images, labels))
+        }
+        _ => None,
+    };
     Ok(Options {
+        images,
         experiment,
         methods,
         seeds: args.seeds,

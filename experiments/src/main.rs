@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Verify { markdown: false }) {
         Command::Verify { markdown } => verify(markdown),
         Command::Experiment(args) => {
-            let outcome = advtrain_experiments::cli::options(args)
+            let outcome = advtrain_experiments::cli::options(*args)
                 .and_then(|options| advtrain_experiments::cli::run(&options));
             match outcome {
                 Ok(summary) => {

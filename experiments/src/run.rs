@@ -9,8 +9,8 @@
 use super::checkpoint::{self, Adam, io_error};
 use super::cnn::Cnn;
 use super::data::{
-    Examples, ImageDataset, Split, TextDataset, mnist_csv, rotten_tomatoes, split, subsample,
-    thucnews,
+    Examples, ImageDataset, Split, TextDataset, idx_images, mnist_csv, rotten_tomatoes, split,
+    subsample, thucnews,
 };
 use super::encoder::{EncoderConfig, TextClassifier};
 use super::rows::EpochRow;
@@ -175,6 +175,9 @@ pub struct Options {
     /// How many examples to draw (fixed seed) before the split (`--subset`); `None`: the
     /// experiment's default for the mode ([`Experiment::default_subset`]).
     pub subset: Option<usize>,
+    /// MNIST-shaped images and their labels from IDX files (`--images`, `--labels`) instead of the
+    /// bundled CSV: the `mnist` experiment on the user's own digits (or Fashion-MNIST).
+    pub images: Option<(PathBuf, PathBuf)>,
 }
 
 /// One training run: a method at a radius with a seed.
@@ -527,7 +530,27 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
             })
         }
         Experiment::Mnist => {
-            let all = subsample(&mnist_csv(&data.join("mnist_5k.csv.gz"))?, size, 0);
+            let all = match &options.images {
+                None => mnist_csv(&data.join("mnist_5k.csv.gz"))?,
+                Some((images, labels)) => {
+                    let all = idx_images(images, labels)?;
+                    // The CNN takes 28 x 28 images and has 10 outputs.
+                    if (all.height, all.width) != (28, 28) || all.classes > 10 {
+                        return Err(Error::data(
+                            images.display(),
+                            None,
+                            format!(
+                                "holds {} x {} images in {} classes; the mnist experiment's CNN \
+                                 takes 28 x 28 images in at most 10 classes",
+                                all.height, all.width, all.classes
+                            ),
+                            "pass MNIST-shaped images (MNIST, Fashion-MNIST, KMNIST)",
+                        ));
+                    }
+                    all
+                }
+            };
+            let all = subsample(&all, size, 0);
             Ok(Prepared::Image(split(&all, 0.1, 0.2, 0)?))
         }
     }
@@ -613,10 +636,11 @@ pub fn run_one(
         ..hyper
     };
     let fingerprint = format!(
-        "{} quick={} train={} {fingerprint_hyper:?}\n",
+        "{} quick={} train={} data={:?} {fingerprint_hyper:?}\n",
         options.experiment.name(),
         options.quick,
-        task.train_len()
+        task.train_len(),
+        options.images
     );
     let config_file = dir.join("config.txt");
     if std::fs::read_to_string(&config_file).ok().as_deref() != Some(fingerprint.as_str()) {

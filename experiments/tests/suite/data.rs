@@ -200,7 +200,7 @@ fn splits_are_seeded_disjoint_and_complete() {
 }
 
 /// An IDX file of unsigned bytes with the given sizes, gzipped when the name ends in `.gz`.
-fn idx_file(name: &str, sizes: &[u32], values: &[u8]) -> PathBuf {
+pub(crate) fn idx_file(name: &str, sizes: &[u32], values: &[u8]) -> PathBuf {
     let mut bytes = vec![0u8, 0, 0x08, sizes.len() as u8];
     for size in sizes {
         bytes.extend_from_slice(&size.to_be_bytes());

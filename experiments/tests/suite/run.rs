@@ -27,6 +27,7 @@ fn options(out: &str, epochs: usize) -> Options {
         verbose: false,
         eps: Vec::new(),
         subset: None,
+        images: None,
     }
 }
 
@@ -323,4 +324,82 @@ fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
         assert_eq!(format!("{x:?}"), format!("{y:?}"), "epoch {}", x.epoch);
     }
     std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn the_mnist_experiment_runs_on_idx_files_and_refuses_other_shapes() {
+    use advtrain_experiments::data::mnist_csv;
+    let csv = mnist_csv(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/mnist_5k.csv.gz"
+    )))
+    .unwrap();
+    // Every 16th digit: the shipped file is sorted by label, and this takes all ten classes.
+    let n = 300;
+    let rows: Vec<usize> = (0..n).map(|i| i * 16).collect();
+    let pixels: Vec<u8> = rows
+        .iter()
+        .flat_map(|&r| csv.pixels[r * 784..(r + 1) * 784].iter())
+        .map(|p| (p * 255.0).round() as u8)
+        .collect();
+    let labels: Vec<u8> = rows.iter().map(|&r| csv.labels[r] as u8).collect();
+    assert_eq!(*labels.iter().max().unwrap(), 9);
+    let images = crate::data::idx_file("run-images-idx3-ubyte.gz", &[n as u32, 28, 28], &pixels);
+    let label_file = crate::data::idx_file("run-labels-idx1-ubyte.gz", &[n as u32], &labels);
+    let out = std::env::temp_dir().join(format!("advtrain-idx-run-{}", std::process::id()));
+    let args = |extra: &str| {
+        format!(
+            "mnist --quick --seeds 1 --methods baseline --epochs 2 --subset {n} --out {} {extra}",
+            out.display()
+        )
+        .split_whitespace()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
+    let options = parse(&args(&format!(
+        "--data {data} --images {} --labels {}",
+        images.display(),
+        label_file.display()
+    )))
+    .unwrap();
+    let prepared = prepare(&options).unwrap();
+    let bar = indicatif::ProgressBar::hidden();
+    let rows = run_one(&options, &prepared, options.runs()[0], &bar).unwrap();
+    assert_eq!(rows.len(), 2);
+    // The user's digits train: the loss falls from the first epoch to the second.
+    assert!(
+        rows[1].train_loss < rows[0].train_loss,
+        "{} then {}",
+        rows[0].train_loss,
+        rows[1].train_loss
+    );
+    // Images of another size are refused, naming the file and the shape the CNN takes.
+    let small = crate::data::idx_file("small-idx3-ubyte", &[n as u32, 8, 8], &pixels[..n * 64]);
+    let options = parse(&args(&format!(
+        "--images {} --labels {}",
+        small.display(),
+        label_file.display()
+    )))
+    .unwrap();
+    let e = prepare(&options).err().unwrap().to_string();
+    assert!(
+        e.contains("small-idx3-ubyte") && e.contains("28 x 28"),
+        "{e}"
+    );
+    // --images needs --labels, and feeds the mnist experiment only.
+    assert!(parse(&args(&format!("--images {}", images.display()))).is_err());
+    let e = parse(
+        &format!(
+            "thucnews --images {} --labels {}",
+            images.display(),
+            label_file.display()
+        )
+        .split_whitespace()
+        .map(String::from)
+        .collect::<Vec<_>>(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("mnist experiment") && e.contains("fix: "), "{e}");
 }
