@@ -9,8 +9,8 @@
 use super::checkpoint::{self, Adam, io_error};
 use super::cnn::Cnn;
 use super::data::{
-    Examples, ImageDataset, Split, TextDataset, idx_images, mnist_csv, rotten_tomatoes, split,
-    subsample, thucnews,
+    Examples, ImageDataset, Split, TextDataset, idx_images, labelled_csv, labelled_tsv, mnist_csv,
+    rotten_tomatoes, split, subsample, thucnews,
 };
 use super::encoder::{EncoderConfig, TextClassifier};
 use super::rows::EpochRow;
@@ -178,6 +178,57 @@ pub struct Options {
     /// MNIST-shaped images and their labels from IDX files (`--images`, `--labels`) instead of the
     /// bundled CSV: the `mnist` experiment on the user's own digits (or Fashion-MNIST).
     pub images: Option<(PathBuf, PathBuf)>,
+    /// Labelled texts instead of the bundled ones (`--texts`): the thucnews or rotten-tomatoes
+    /// experiment's model and tokenizer on the user's data.
+    pub texts: Option<TextFile>,
+}
+
+/// A file of labelled texts: TSV `label<TAB>text`, or CSV with a header (by its `.csv` extension,
+/// before any compression suffix) whose label and text columns are named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextFile {
+    pub path: PathBuf,
+    pub label_column: String,
+    pub text_column: String,
+}
+
+impl TextFile {
+    /// The labelled texts; class names are the sorted distinct labels.
+    pub fn load(&self) -> Result<TextDataset> {
+        let name = self.path.to_string_lossy().to_lowercase();
+        let stem = name
+            .trim_end_matches(".gz")
+            .trim_end_matches(".bz2")
+            .trim_end_matches(".xz");
+        if stem.ends_with(".csv") {
+            labelled_csv(&self.path, &self.label_column, &self.text_column, None)
+        } else {
+            labelled_tsv(&self.path, None)
+        }
+    }
+}
+
+/// The 99th percentile of the texts' token counts (with the special tokens), at most `limit`:
+/// the maximum sequence length for the user's texts. Printed, so a run says what it chose.
+fn length_percentile(
+    texts: &TextDataset,
+    tokenizer: impl Fn(usize) -> Result<TextTokenizer>,
+    limit: usize,
+) -> Result<usize> {
+    let mut lengths: Vec<usize> = tokenizer(limit)?
+        .encode(&texts.texts)?
+        .iter()
+        .map(Vec::len)
+        .collect();
+    lengths.sort_unstable();
+    let at = (lengths.len() * 99).div_ceil(100).clamp(1, lengths.len()) - 1;
+    let max_len = lengths[at].max(3);
+    println!(
+        "maximum sequence length {max_len}: the 99th percentile of the token counts of {} texts \
+         (at most {limit})",
+        lengths.len()
+    );
+    Ok(max_len)
 }
 
 /// One training run: a method at a radius with a seed.
@@ -488,12 +539,20 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
     advtrain::error::check_count("--subset", size)?;
     match options.experiment {
         Experiment::Thucnews => {
-            let all = subsample(&thucnews(&data.join("thucnews_10w.tsv.xz"))?, size, 0);
-            // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
-            let max_len = 32;
+            let vocab = data.join("bert-base-chinese-vocab.txt");
+            let (all, max_len) = match &options.texts {
+                // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
+                None => (thucnews(&data.join("thucnews_10w.tsv.xz"))?, 32),
+                Some(file) => {
+                    let all = file.load()?;
+                    let max_len =
+                        length_percentile(&all, |m| TextTokenizer::wordpiece(&vocab, m), 512)?;
+                    (all, max_len)
+                }
+            };
+            let all = subsample(&all, size, 0);
             let parts = split(&all, 0.1, 0.1, 0)?;
-            let tokenizer =
-                TextTokenizer::wordpiece(&data.join("bert-base-chinese-vocab.txt"), max_len)?;
+            let tokenizer = TextTokenizer::wordpiece(&vocab, max_len)?;
             Ok(Prepared::Text {
                 train: tokenized(&tokenizer, &parts.train)?,
                 dev: tokenized(&tokenizer, &parts.dev)?,
@@ -513,13 +572,29 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
                     "run `bash scripts/setup.sh`, which downloads it and checks its sha256",
                 ));
             }
-            let all = rotten_tomatoes(&data.join("rotten_tomatoes_corpus_full.csv.bz2"))?;
+            let tokenizer_file = model.join("tokenizer.json");
+            let (all, max_len) = match &options.texts {
+                // 99% of the snippets have at most 40 words.
+                None => (
+                    rotten_tomatoes(&data.join("rotten_tomatoes_corpus_full.csv.bz2"))?,
+                    64,
+                ),
+                Some(file) => {
+                    let all = file.load()?;
+                    // MiniLM has 512 positions.
+                    let max_len = length_percentile(
+                        &all,
+                        |m| TextTokenizer::from_json(&tokenizer_file, m),
+                        512,
+                    )?;
+                    (all, max_len)
+                }
+            };
             let all = subsample(&all, size, 0);
             // A fifth each for dev and test: fine-tuning cost grows with the training set, evaluation
             // is cheap, and a 500-snippet test set halves the sampling error of a 250-snippet one.
             let parts = split(&all, 0.2, 0.2, 0)?;
-            // 99% of the snippets have at most 40 words.
-            let tokenizer = TextTokenizer::from_json(&model.join("tokenizer.json"), 64)?;
+            let tokenizer = TextTokenizer::from_json(&tokenizer_file, max_len)?;
             Ok(Prepared::Text {
                 train: tokenized(&tokenizer, &parts.train)?,
                 dev: tokenized(&tokenizer, &parts.dev)?,
@@ -636,11 +711,12 @@ pub fn run_one(
         ..hyper
     };
     let fingerprint = format!(
-        "{} quick={} train={} data={:?} {fingerprint_hyper:?}\n",
+        "{} quick={} train={} data={:?} {:?} {fingerprint_hyper:?}\n",
         options.experiment.name(),
         options.quick,
         task.train_len(),
-        options.images
+        options.images,
+        options.texts
     );
     let config_file = dir.join("config.txt");
     if std::fs::read_to_string(&config_file).ok().as_deref() != Some(fingerprint.as_str()) {

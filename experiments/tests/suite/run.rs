@@ -28,6 +28,7 @@ fn options(out: &str, epochs: usize) -> Options {
         eps: Vec::new(),
         subset: None,
         images: None,
+        texts: None,
     }
 }
 
@@ -402,4 +403,80 @@ fn the_mnist_experiment_runs_on_idx_files_and_refuses_other_shapes() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("mnist experiment") && e.contains("fix: "), "{e}");
+}
+
+#[test]
+fn the_text_experiments_run_on_the_users_labelled_texts() {
+    use advtrain_experiments::data::thucnews;
+    use advtrain_experiments::run::Prepared;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let bundled = thucnews(&std::path::Path::new(root).join("data/thucnews_10w.tsv.xz")).unwrap();
+    // 100 headlines of each of three classes, as the user's TSV and as a CSV with its own columns.
+    let mut tsv = String::new();
+    let mut csv = String::from("id,headline,topic\n");
+    for class in 0..3u32 {
+        let picked = bundled
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|(_, y)| **y == class);
+        for (k, (i, _)) in picked.take(100).enumerate() {
+            let (name, text) = (&bundled.classes[class as usize], &bundled.texts[i]);
+            tsv.push_str(&format!("{name}\t{text}\n"));
+            csv.push_str(&format!("{k},\"{}\",{name}\n", text.replace('"', "")));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("advtrain-texts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tsv_path, csv_path) = (dir.join("own.tsv"), dir.join("own.csv"));
+    std::fs::write(&tsv_path, tsv).unwrap();
+    std::fs::write(&csv_path, csv).unwrap();
+    let args = |extra: String| {
+        format!(
+            "thucnews --quick --seeds 1 --methods baseline --epochs 2 --data {root}/data --out {} {extra}",
+            dir.join("out").display()
+        )
+        .split_whitespace()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let options = parse(&args(format!("--texts {}", tsv_path.display()))).unwrap();
+    let prepared = prepare(&options).unwrap();
+    let Prepared::Text { train, config, .. } = &prepared else {
+        panic!("a text experiment prepares text")
+    };
+    assert_eq!(config.classes, 3);
+    assert_eq!(train.1.len(), 240); // 80% of 300
+    let bar = indicatif::ProgressBar::hidden();
+    let rows = run_one(&options, &prepared, options.runs()[0], &bar).unwrap();
+    assert!(
+        rows[1].train_loss < rows[0].train_loss,
+        "the user's texts train"
+    );
+    // The CSV with named columns gives the same classes; a missing column is named.
+    let options = parse(&args(format!(
+        "--texts {} --label-column topic --text-column headline",
+        csv_path.display()
+    )))
+    .unwrap();
+    let Prepared::Text { config, .. } = prepare(&options).unwrap() else {
+        panic!("text")
+    };
+    assert_eq!(config.classes, 3);
+    let options = parse(&args(format!("--texts {}", csv_path.display()))).unwrap();
+    let e = prepare(&options).err().unwrap().to_string();
+    assert!(
+        e.contains("no column named \"label\"") && e.contains("headline"),
+        "{e}"
+    );
+    // Texts feed the text experiments only.
+    let e = parse(
+        &format!("mnist --texts {}", tsv_path.display())
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--texts") && e.contains("fix: "), "{e}");
 }
