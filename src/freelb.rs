@@ -12,9 +12,10 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::grads::scale_all;
 use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{CleanPass, Passes, Step, plain, scale_all};
+use crate::step::{CleanPass, Passes, Step, plain};
 use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::Tensor;

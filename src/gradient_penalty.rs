@@ -16,10 +16,11 @@
 //! Book chapter: "FGM and gradient penalty".
 
 use crate::error::{check_non_negative, check_positive};
+use crate::grads::detach_all;
 use crate::method::{Batch, Method};
 use crate::norm::StepNorm;
 use crate::regulariser::{Penalty, Regulariser};
-use crate::step::{Passes, Step, detach_all};
+use crate::step::{Passes, Step};
 use crate::target::Target;
 use crate::{Result, Rng, second_order};
 use candle_core::Tensor;
@@ -178,7 +179,9 @@ impl Regulariser for GradientPenalty {
     fn penalty(&self, batch: &Batch, _rng: &mut Rng) -> Result<Penalty> {
         second_order::require("gradient penalty (double backward)")?;
         let target = batch.target();
-        let clean = target.loss_and_gradient(&|p: &Tensor| batch.loss_at(p))?;
+        // The weights' gradients come from the penalty's own backward pass: this pass takes the
+        // point's gradient only.
+        let clean = target.point_gradient(&|p: &Tensor| batch.loss_at(p))?;
         batch.check_gradient(&clean.gradient)?;
         Ok(Penalty {
             value: GradientPenalty::penalty(self, target, &clean.gradient)?,

@@ -17,9 +17,10 @@
 
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::estimate::{Estimate, scalar};
+use crate::grads::detach_all;
 use crate::method::{Batch, Method};
 use crate::regulariser::{Penalty, Regulariser};
-use crate::step::{Passes, Step, detach_all};
+use crate::step::{Passes, Step};
 use crate::target::{PointGradient, Target};
 use crate::{Error, Result, Rng, second_order};
 use candle_core::Tensor;
@@ -320,18 +321,14 @@ impl Laplacian {
         self.config.method.check()?;
         let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
         let weight = self.config.sigma * self.config.sigma / 2.0 / self.config.probes as f64;
-        let mut total: Option<Tensor> = None;
+        let mut curvatures = Vec::with_capacity(self.config.probes);
         let clean = match self.config.method {
             CurvatureMethod::DoubleBackward => {
                 let point_gradient = target.point_gradient(&loss_fn)?;
                 batch.check_gradient(&point_gradient.gradient)?;
                 for _ in 0..self.config.probes {
                     let v = self.config.kind.sample(target, rng)?;
-                    let q = (&v * hvp_from(&point_gradient, &v)?)?.sum_all()?;
-                    total = Some(match total {
-                        None => q,
-                        Some(acc) => (acc + q)?,
-                    });
+                    curvatures.push((&v * hvp_from(&point_gradient, &v)?)?.sum_all()?);
                 }
                 Clean::PointGradient(point_gradient)
             }
@@ -339,16 +336,15 @@ impl Laplacian {
                 let clean = target.loss(&loss_fn)?;
                 for _ in 0..self.config.probes {
                     let v = self.config.kind.sample(target, rng)?;
-                    let q = second_difference(target, &loss_fn, &clean, &v, h)?;
-                    total = Some(match total {
-                        None => q,
-                        Some(acc) => (acc + q)?,
-                    });
+                    curvatures.push(second_difference(target, &loss_fn, &clean, &v, h)?);
                 }
                 Clean::Loss(clean)
             }
         };
-        Ok(((total.expect("probes >= 1") * weight)?, clean))
+        let mut curvatures = curvatures.into_iter();
+        let first = curvatures.next().expect("probes >= 1");
+        let total = curvatures.try_fold(first, |acc, q| acc + q)?;
+        Ok(((total * weight)?, clean))
     }
 
     fn passes(&self) -> Passes {

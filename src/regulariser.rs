@@ -11,8 +11,9 @@
 //! Book chapter: "Using advtrain in your own loop".
 
 use crate::divergence::cross_entropy_uniform;
+use crate::grads::detach_all;
 use crate::method::{Batch, Method};
-use crate::step::{Passes, Step, detach_all};
+use crate::step::{Passes, Step};
 use crate::{Error, Result, Rng};
 use candle_core::Tensor;
 

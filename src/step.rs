@@ -4,7 +4,7 @@
 //! `step.grads` to their own optimiser (`candle_nn::Optimizer::step(&step.grads)`).
 
 use crate::Result;
-pub(crate) use crate::grads::{detach_all, scale_all};
+use crate::grads::{detach_all, scale_all};
 use crate::target::PointGradient;
 
 /// Which loss a method that trains at a perturbed point (FGM, PGD) trains the weights on.

@@ -14,10 +14,11 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
+use crate::grads::{detach_all, scale_all};
 use crate::method::{Batch, Method};
 use crate::norm::StepNorm;
 use crate::pgd::Start;
-use crate::step::{Passes, Step, detach_all, scale_all};
+use crate::step::{Passes, Step};
 use crate::{Error, Result, Rng};
 use candle_core::{Tensor, Var};
 

@@ -430,7 +430,7 @@ pub fn mnist_csv(path: &Path) -> Result<ImageDataset> {
 /// One IDX array (the format MNIST and Fashion-MNIST ship in, gzipped or not): a magic number
 /// `0 0 8 n` (unsigned bytes, `n` dimensions), `n` big-endian `u32` sizes, then the values.
 fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = read_bytes(path)?;
+    let mut bytes = read_bytes(path)?;
     let bad = |reason: String| {
         Error::data(
             path.display(),
@@ -472,7 +472,8 @@ fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
             "its header promises {expected} values ({sizes:?}) and it holds {values}"
         )));
     }
-    Ok((sizes, bytes[header..].to_vec()))
+    bytes.drain(..header);
+    Ok((sizes, bytes))
 }
 
 /// Images and labels in IDX files (MNIST's and Fashion-MNIST's format, `.gz` or not): images

@@ -11,6 +11,28 @@ fn embedding_model() -> (EmbeddingClassifier, advtrain::toy::TokenBatch) {
     (model, batch)
 }
 
+/// The model as its user has it: it reads its own embedding matrix and ignores the point.
+fn unchanged_loss(
+    model: &EmbeddingClassifier,
+    batch: &advtrain::toy::TokenBatch,
+    _point: &Tensor,
+) -> candle_core::Result<Tensor> {
+    model.loss_from_embeddings(&model.embed(&batch.ids)?, &batch.mask, &batch.labels)
+}
+
+/// The same model written to take the embedding matrix, for the matrix target.
+fn whole_loss(
+    model: &EmbeddingClassifier,
+    batch: &advtrain::toy::TokenBatch,
+    matrix: &Tensor,
+) -> candle_core::Result<Tensor> {
+    model.loss_from_embeddings(
+        &model.embed_with(matrix, &batch.ids)?,
+        &batch.mask,
+        &batch.labels,
+    )
+}
+
 #[test]
 fn embedding_output_gradient_is_zero_at_padding_and_matrix_still_gets_its_gradient() {
     let (model, batch) = embedding_model();
@@ -257,13 +279,7 @@ fn embedding_rows_give_the_matrix_targets_steps_without_copying_the_matrix() {
     use advtrain::{Fgm, GradientPenalty, Pgd, Scope, StepNorm};
     let (model, batch) = embedding_model();
     let matrix = Target::embedding_matrix(model.embedding_matrix()).unwrap();
-    let whole = |w: &Tensor| {
-        model.loss_from_embeddings(
-            &model.embed_with(w, &batch.ids)?,
-            &batch.mask,
-            &batch.labels,
-        )
-    };
+    let whole = |w: &Tensor| whole_loss(&model, &batch, w);
     let (rows, lookup) = Target::embedding_rows(model.embedding_matrix(), &batch.ids).unwrap();
     let looked_up =
         |r: &Tensor| model.loss_from_embeddings(&lookup.embed(r)?, &batch.mask, &batch.labels);
@@ -338,18 +354,8 @@ fn in_place_target_runs_the_users_unchanged_model_and_restores_the_weight_bit_fo
     let (model, batch) = embedding_model();
     let weight = model.embedding_matrix();
     let before: Vec<Vec<f64>> = weight.to_vec2().unwrap();
-    // The user's model as it is: it reads its own embedding matrix and ignores the point.
-    let unchanged = |_: &Tensor| {
-        model.loss_from_embeddings(&model.embed(&batch.ids)?, &batch.mask, &batch.labels)
-    };
-    // The same model written to take the matrix, for the matrix target.
-    let whole = |w: &Tensor| {
-        model.loss_from_embeddings(
-            &model.embed_with(w, &batch.ids)?,
-            &batch.mask,
-            &batch.labels,
-        )
-    };
+    let unchanged = |p: &Tensor| unchanged_loss(&model, &batch, p);
+    let whole = |w: &Tensor| whole_loss(&model, &batch, w);
     let in_place = Target::in_place(weight).unwrap();
     assert!(in_place.is_in_place());
     let matrix = Target::embedding_matrix(weight).unwrap();
@@ -435,16 +441,8 @@ fn an_in_place_target_built_once_keeps_the_optimisers_updates() {
         let (model, batch) = embedding_model();
         let weight = model.embedding_matrix();
         let mut opt = candle_nn::SGD::new(model.vars(), 0.5).unwrap();
-        let unchanged = |_: &Tensor| {
-            model.loss_from_embeddings(&model.embed(&batch.ids)?, &batch.mask, &batch.labels)
-        };
-        let whole = |w: &Tensor| {
-            model.loss_from_embeddings(
-                &model.embed_with(w, &batch.ids)?,
-                &batch.mask,
-                &batch.labels,
-            )
-        };
+        let unchanged = |p: &Tensor| unchanged_loss(&model, &batch, p);
+        let whole = |w: &Tensor| whole_loss(&model, &batch, w);
         let target = if in_place {
             Target::in_place(weight).unwrap()
         } else {
