@@ -17,6 +17,7 @@
 //! | [`fgm`] | FGM / FGSM |
 //! | [`gradient_penalty`] | `eps * P(grad_x L)`, exact or by finite differences |
 //! | [`pgd`], [`free_at`], [`yopo`], [`freelb`], [`smart`], [`vat`] | the multi-step and label-free methods |
+//! | [`models`] | trainable models on the fused ops: a BERT-family classifier (Hugging Face checkpoints), an image CNN |
 //! | [`spectral_norm`] | spectral normalisation, Lipschitz bound |
 //! | [`second_order`] | the guard against silently wrong second-order gradients |
 //! | [`ops`], [`fused`] | differentiable layer norm, softmax, GELU; fused CPU versions |
@@ -104,6 +105,7 @@ mod grads;
 pub mod init;
 pub mod laplacian;
 pub mod method;
+pub mod models;
 pub mod noise;
 pub mod norm;
 pub mod ops;

@@ -60,6 +60,12 @@ impl LayerNorm {
         let bias = vb.get_with_hints(size, "bias", Init::Const(0.0))?;
         Ok(Self::new(weight, bias, eps))
     }
+
+    /// The same layer norm through the fused op ([`crate::fused::layer_norm`]): one pass forward and
+    /// one backward, differentiable to any order; equal to [`Module::forward`].
+    pub fn forward_fused(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        crate::fused::layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)
+    }
 }
 
 impl Module for LayerNorm {

@@ -12,9 +12,9 @@
 //! penalty keeps its double-backward graph, so it may run in micro-batches (its time is then the sum
 //! over the batch, as a user would pay it).
 
+use advtrain::models::{BertClassifier, BertConfig, Head, Pooling};
 use advtrain::{Batch, Method};
 use advtrain::{Fgm, FreeLb, GradientPenalty, Rng, Scope, Step, StepNorm, Target};
-use advtrain_experiments::encoder::{EncoderConfig, TextClassifier};
 use candle_core::{DType, Tensor};
 use std::time::Instant;
 
@@ -74,23 +74,23 @@ fn main() -> advtrain::Result<()> {
     let s = settings();
     let (device, description) = advtrain::device::select();
     println!("device: {description}");
-    let config = EncoderConfig {
-        vocab: 30_522,
-        hidden: s.hidden,
-        layers: s.layers,
-        heads: (s.hidden / 64).max(1),
-        intermediate: 4 * s.hidden,
-        max_positions: 512,
-        type_vocab: 2,
-        layer_norm_eps: 1e-12,
-        classes: 2,
+    let config = BertConfig {
+        hidden_size: s.hidden,
+        num_hidden_layers: s.layers,
+        num_attention_heads: (s.hidden / 64).max(1),
+        intermediate_size: 4 * s.hidden,
+        ..BertConfig::minilm()
     };
     println!(
         "model: {} layers, width {}, {} heads; batch {} x {} tokens, f32; {} rounds; gradient penalty \
          in micro-batches of {}",
-        s.layers, s.hidden, config.heads, s.batch, s.seq, s.rounds, s.gp_micro_batch
+        s.layers, s.hidden, config.num_attention_heads, s.batch, s.seq, s.rounds, s.gp_micro_batch
     );
-    let model = TextClassifier::new(config, 0, false, DType::F32, &device)?;
+    let head = Head {
+        classes: 2,
+        pooling: Pooling::Mean,
+    };
+    let model = BertClassifier::new(config, head, 0, DType::F32, &device)?;
     model.mode.set_train(true);
     let mut rng = Rng::new(1);
     let ids = Tensor::from_vec(
@@ -117,7 +117,7 @@ fn main() -> advtrain::Result<()> {
             );
             let target = Target::embedding_output(&model.embed(&ids)?, Some(&mask))?;
             let loss = |e: &Tensor| -> candle_core::Result<Tensor> {
-                candle_nn::loss::cross_entropy(&model.logits_from_embeddings(e, &mask)?, &labels)
+                advtrain::fused::cross_entropy(&model.logits_from_embeddings(e, &mask)?, &labels)
             };
             match method {
                 "plain" => advtrain::Plain.step(&Batch::new(&target, &loss), &mut Rng::new(0)),

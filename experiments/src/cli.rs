@@ -2,7 +2,7 @@
 //! `--help` works for every command; an unknown command or flag prints usage and exits non-zero.
 
 use super::rows::EpochRow;
-use super::run::{Experiment, Method, Options, TextFile};
+use super::run::{Experiment, Method, Options, TextFile, TextSource};
 use advtrain::{Error, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -35,7 +35,8 @@ pub enum Command {
 /// The options of `advtrain experiment`.
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
-    /// The experiment: thucnews, mnist or rotten-tomatoes.
+    /// The experiment: thucnews, mnist, rotten-tomatoes, or clue (a pretrained Chinese BERT from
+    /// --model on CLUE files from --train and --dev).
     pub name: String,
     /// Methods, comma-separated: baseline, noise, fgm, gradient-penalty, pgd, freelb, vat,
     /// spectral-norm (default: the experiment's own).
@@ -71,18 +72,41 @@ pub struct ExperimentArgs {
     /// mnist only: the labels that go with --images (IDX).
     #[arg(long, requires = "images")]
     pub labels: Option<PathBuf>,
-    /// thucnews or rotten-tomatoes: labelled texts instead of the bundled ones, with that
-    /// experiment's model and tokenizer: TSV `label<TAB>text`, or CSV with a header (a .csv name,
-    /// gzipped or not); split 80/10/10 or 60/20/20 by seed 0; classes from the data; the maximum
-    /// length from the 99th percentile of the token counts.
-    #[arg(long)]
+    /// Text experiments: one file of labelled texts instead of the bundled ones, split 80/10/10
+    /// (60/20/20 for rotten-tomatoes) by seed 0. TSV `label<TAB>text`; CSV with a header (a .csv
+    /// name); CLUE JSONL with `label` and `sentence` (a .json or .jsonl name); gzip, bzip2 or xz
+    /// compressed or not. Classes come from the data.
+    #[arg(long, conflicts_with = "train")]
     pub texts: Option<PathBuf>,
-    /// With a CSV --texts file: the label column's name.
+    /// Text experiments: the training file (formats as --texts); needs --dev.
+    #[arg(long, requires = "dev")]
+    pub train: Option<PathBuf>,
+    /// With --train: the dev file; its labels must occur in the training file.
+    #[arg(long, requires = "train")]
+    pub dev: Option<PathBuf>,
+    /// With --train: the test file (without one, the test columns report the dev set).
+    #[arg(long, requires = "train")]
+    pub test: Option<PathBuf>,
+    /// With a CSV file: the label column's name.
     #[arg(long, default_value = "label")]
     pub label_column: String,
-    /// With a CSV --texts file: the text column's name.
+    /// With a CSV file: the text column's name.
     #[arg(long, default_value = "text")]
     pub text_column: String,
+    /// Text experiments: a pretrained BERT-family model in the Hugging Face layout (config.json,
+    /// model.safetensors, tokenizer.json or vocab.txt) to fine-tune; default: the experiment's
+    /// (rotten-tomatoes: all-MiniLM-L6-v2 from scripts/setup.sh; thucnews: a small encoder from
+    /// scratch).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Text experiments: the tokenizer, a tokenizer.json or a WordPiece vocabulary (one token per
+    /// line); default: the model's.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Text experiments: the maximum sequence length in tokens; default: the experiment's for its
+    /// bundled texts, else the 99th percentile of the training texts' token counts (printed).
+    #[arg(long)]
+    pub max_len: Option<usize>,
 }
 
 fn bad(name: &'static str, reason: String) -> Error {
@@ -160,22 +184,42 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
         }
         _ => None,
     };
-    let texts = match args.texts {
-        None => None,
-        Some(path) if experiment != Experiment::Mnist => Some(TextFile {
-            path,
-            label_column: args.label_column,
-            text_column: args.text_column,
-        }),
-        Some(_) => {
-            return Err(bad(
-                "--texts",
-                "labelled texts feed the thucnews or rotten-tomatoes experiment, not mnist".into(),
-            ));
-        }
+    let file = |path: PathBuf| TextFile {
+        path,
+        label_column: args.label_column.clone(),
+        text_column: args.text_column.clone(),
     };
+    let texts = match (args.texts, args.train, args.dev) {
+        (Some(path), _, _) => Some(TextSource::One(file(path))),
+        (None, Some(train), Some(dev)) => Some(TextSource::Files {
+            train: file(train),
+            dev: file(dev),
+            test: args.test.map(file),
+        }),
+        _ => None,
+    };
+    if !experiment.is_text() {
+        for (flag, given) in [
+            ("--texts", texts.is_some()),
+            ("--model", args.model.is_some()),
+            ("--tokenizer", args.tokenizer.is_some()),
+            ("--max-len", args.max_len.is_some()),
+        ] {
+            if given {
+                return Err(bad(
+                    "argument",
+                    format!(
+                        "{flag} is for the text experiments (thucnews, rotten-tomatoes, clue), not mnist"
+                    ),
+                ));
+            }
+        }
+    }
     Ok(Options {
         texts,
+        model: args.model,
+        tokenizer: args.tokenizer,
+        max_len: args.max_len,
         images,
         experiment,
         methods,

@@ -7,18 +7,17 @@
 //! `e - 1` continues exactly as the uninterrupted run would.
 
 use super::checkpoint::{self, Adam, io_error};
-use super::cnn::Cnn;
 use super::data::{
-    Examples, ImageDataset, Split, TextDataset, idx_images, labelled_csv, labelled_tsv, mnist_csv,
-    rotten_tomatoes, split, subsample, thucnews,
+    Examples, ImageDataset, Split, TextDataset, clue_jsonl, idx_images, labelled_csv, labelled_tsv,
+    mnist_csv, rotten_tomatoes, split, subsample, thucnews,
 };
-use super::encoder::{EncoderConfig, TextClassifier};
 use super::rows::EpochRow;
 use super::tokenize::{TextTokenizer, pad_batch};
 use advtrain::Method as TrainingMethod;
+use advtrain::models::{BertClassifier, BertConfig, Cnn, Head, Pooling};
 use advtrain::{
-    Accumulator, Batch, Error, Fgm, FreeLb, GradientCheck, GradientPenalty, Noise, Passes, Pgd,
-    Plain, Result, Rng, Scope, Step, StepNorm, Target, Vat,
+    Accumulator, Batch, Error, Fgm, FreeLb, GradientCheck, GradientPenalty, Noise, Objective,
+    Passes, Pgd, Plain, Result, Rng, Scope, Step, StepNorm, Target, Vat,
 };
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -94,6 +93,10 @@ pub enum Experiment {
     Mnist,
     /// Rotten Tomatoes snippets (fresh / rotten), the pretrained all-MiniLM-L6-v2 fine-tuned.
     RottenTomatoes,
+    /// The seeds' experiment: a pretrained Chinese BERT (`--model`) fine-tuned on CLUE TNEWS or
+    /// IFLYTEK files, with the seeds' settings (embedding-matrix FGM at 0.5, adversarial loss
+    /// only; gradient penalty `0.5 ||grad||^2` at 1; Adam 2e-5; the first token's vector).
+    Clue,
 }
 
 impl Experiment {
@@ -103,10 +106,11 @@ impl Experiment {
             "thucnews" => Ok(Self::Thucnews),
             "mnist" => Ok(Self::Mnist),
             "rotten-tomatoes" => Ok(Self::RottenTomatoes),
+            "clue" => Ok(Self::Clue),
             other => Err(Error::InvalidArgument {
                 name: "experiment",
                 reason: format!("unknown experiment {other:?}"),
-                fix: "use thucnews, mnist or rotten-tomatoes".into(),
+                fix: "use thucnews, mnist, rotten-tomatoes or clue".into(),
             }),
         }
     }
@@ -117,14 +121,21 @@ impl Experiment {
             Self::Thucnews => "thucnews",
             Self::Mnist => "mnist",
             Self::RottenTomatoes => "rotten-tomatoes",
+            Self::Clue => "clue",
         }
+    }
+
+    /// Whether the experiment classifies texts (and takes `--texts`, `--train`, `--model`, ...).
+    pub fn is_text(self) -> bool {
+        self != Self::Mnist
     }
 
     /// Epochs when `--epochs` is not given.
     pub fn default_epochs(self, quick: bool) -> usize {
         match (self, quick) {
-            (Self::RottenTomatoes, _) => 1,
+            (Self::RottenTomatoes, _) | (Self::Clue, true) => 1,
             (_, true) => 2,
+            (Self::Clue, false) => 3,
             (Self::Thucnews, false) => 3,
             (Self::Mnist, false) => 10,
         }
@@ -141,6 +152,8 @@ impl Experiment {
             (Self::Mnist, false) => 5_000,
             (Self::RottenTomatoes, true) => 400,
             (Self::RottenTomatoes, false) => 2_500,
+            (Self::Clue, true) => 400,
+            (Self::Clue, false) => usize::MAX,
         }
     }
 
@@ -149,7 +162,9 @@ impl Experiment {
     /// function; the others can be asked for).
     pub fn methods(self) -> Vec<Method> {
         match self {
-            Self::RottenTomatoes => vec![Method::Baseline, Method::Fgm, Method::GradientPenalty],
+            Self::RottenTomatoes | Self::Clue => {
+                vec![Method::Baseline, Method::Fgm, Method::GradientPenalty]
+            }
             _ => Method::ALL.to_vec(),
         }
     }
@@ -178,13 +193,21 @@ pub struct Options {
     /// MNIST-shaped images and their labels from IDX files (`--images`, `--labels`) instead of the
     /// bundled CSV: the `mnist` experiment on the user's own digits (or Fashion-MNIST).
     pub images: Option<(PathBuf, PathBuf)>,
-    /// Labelled texts instead of the bundled ones (`--texts`): the thucnews or rotten-tomatoes
-    /// experiment's model and tokenizer on the user's data.
-    pub texts: Option<TextFile>,
+    /// Labelled texts instead of the bundled ones (`--texts`, or `--train` / `--dev` / `--test`).
+    pub texts: Option<TextSource>,
+    /// A pretrained model in the Hugging Face layout (`--model`) instead of the experiment's.
+    pub model: Option<PathBuf>,
+    /// The tokenizer (`--tokenizer`: a tokenizer.json or a WordPiece vocabulary) instead of the
+    /// model's.
+    pub tokenizer: Option<PathBuf>,
+    /// The maximum sequence length (`--max-len`); `None`: the experiment's, or the 99th
+    /// percentile of the training texts' token counts for the user's texts.
+    pub max_len: Option<usize>,
 }
 
-/// A file of labelled texts: TSV `label<TAB>text`, or CSV with a header (by its `.csv` extension,
-/// before any compression suffix) whose label and text columns are named.
+/// A file of labelled texts, its format by its extension (before any `.gz`, `.bz2` or `.xz`):
+/// `.csv`, CSV with a header whose label and text columns are named; `.json` or `.jsonl`, CLUE JSONL
+/// (`label`, `sentence`); anything else, TSV `label<TAB>text`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextFile {
     pub path: PathBuf,
@@ -193,19 +216,36 @@ pub struct TextFile {
 }
 
 impl TextFile {
-    /// The labelled texts; class names are the sorted distinct labels.
-    pub fn load(&self) -> Result<TextDataset> {
+    /// The labelled texts; class names are the sorted distinct labels, or `classes` (a training
+    /// file's) when given, where a label outside them is an error at its line.
+    pub fn load(&self, classes: Option<&[String]>) -> Result<TextDataset> {
         let name = self.path.to_string_lossy().to_lowercase();
         let stem = name
             .trim_end_matches(".gz")
             .trim_end_matches(".bz2")
             .trim_end_matches(".xz");
         if stem.ends_with(".csv") {
-            labelled_csv(&self.path, &self.label_column, &self.text_column, None)
+            labelled_csv(&self.path, &self.label_column, &self.text_column, classes)
+        } else if stem.ends_with(".json") || stem.ends_with(".jsonl") {
+            clue_jsonl(&self.path, classes)
         } else {
-            labelled_tsv(&self.path, None)
+            labelled_tsv(&self.path, classes)
         }
     }
+}
+
+/// The user's labelled texts: one file split by seed 0, or separate files.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TextSource {
+    /// One file (`--texts`), split by seed 0 in the experiment's proportions.
+    One(TextFile),
+    /// `--train` and `--dev`, and `--test` when given (CLUE's test files have no labels: without
+    /// one, the test columns report the dev set). Classes come from the training file.
+    Files {
+        train: TextFile,
+        dev: TextFile,
+        test: Option<TextFile>,
+    },
 }
 
 /// The 99th percentile of the texts' token counts (with the special tokens), at most `limit`:
@@ -276,7 +316,32 @@ pub struct Hyper {
     pub micro_batch: usize,
     /// Robust-accuracy attack radius (L-infinity), MNIST only.
     pub attack_eps: f64,
+    /// Gradient penalty's weight is `eps * gp_scale`.
+    pub gp_scale: f64,
+    /// Text: perturb the word-embedding matrix (the rows the batch looks up, one norm for the
+    /// batch), as the seeds do, instead of each sentence's embedding output.
+    pub matrix_target: bool,
+    /// FGM's objective: clean + adversarial, or the adversarial loss alone (the seeds').
+    pub fgm_objective: Objective,
+    /// Gradient penalty's norm: `L2` (the dual of FGM's normalised step), or `Raw` (`||g||^2 / 2`,
+    /// the seeds').
+    pub gp_norm: StepNorm,
 }
+
+/// The settings the bundled experiments share: per-example L2 steps on each sentence's embedding
+/// output (or each image), FGM on clean + adversarial, gradient penalty `eps ||g||`.
+const PER_EXAMPLE: Hyper = Hyper {
+    eps: 0.0,
+    sigma: 0.0,
+    lr: 0.0,
+    batch: 0,
+    micro_batch: 0,
+    attack_eps: 0.0,
+    gp_scale: 1.0,
+    matrix_target: false,
+    fgm_objective: Objective::CleanPlusAdversarial,
+    gp_norm: StepNorm::L2(Scope::PerExample),
+};
 
 impl Experiment {
     /// The hyper-parameters used for every method of this experiment.
@@ -291,7 +356,7 @@ impl Experiment {
                 lr: 1e-3,
                 batch: 64,
                 micro_batch: 64,
-                attack_eps: 0.0,
+                ..PER_EXAMPLE
             },
             // Per-image L2 radius; an MNIST image has L2 norm about 9.
             Self::Mnist => Hyper {
@@ -301,6 +366,7 @@ impl Experiment {
                 batch: 64,
                 micro_batch: 64,
                 attack_eps: 0.1,
+                ..PER_EXAMPLE
             },
             // MiniLM's word embeddings have norm about 1.1 per token, a snippet about 25 tokens (norm
             // about 5). At a per-snippet radius of 0.5 FGM learned almost nothing in the epoch (dev
@@ -312,7 +378,23 @@ impl Experiment {
                 lr: 5e-5,
                 batch: 32,
                 micro_batch: 8,
+                ..PER_EXAMPLE
+            },
+            // The seeds' CLUE settings: FGM `0.5 g / ||g||` on the whole embedding matrix, training
+            // on the adversarial loss only; gradient penalty `L + 0.5 * 1 * ||g||^2` with g the
+            // matrix gradient (weight eps * gp_scale = 1); Adam 2e-5. Batch 32 and the micro-batch
+            // of 8 (memory of double backward through BERT-base) are this crate's choices.
+            Self::Clue => Hyper {
+                eps: 0.5,
+                sigma: 0.01,
+                lr: 2e-5,
+                batch: 32,
+                micro_batch: 8,
                 attack_eps: 0.0,
+                gp_scale: 2.0,
+                matrix_target: true,
+                fgm_objective: Objective::AdversarialOnly,
+                gp_norm: StepNorm::Raw,
             },
         }
     }
@@ -327,17 +409,24 @@ impl Method {
     /// The library's method for this name at the experiment's settings: the runner steps every
     /// method through `advtrain::Method`, as a user's loop would.
     pub fn build(self, hyper: &Hyper) -> Result<Box<dyn TrainingMethod>> {
-        let per_example = StepNorm::L2(Scope::PerExample);
+        // The matrix target is one point for the whole batch: one norm.
+        let norm = StepNorm::L2(if hyper.matrix_target {
+            Scope::PerBatch
+        } else {
+            Scope::PerExample
+        });
         Ok(match self {
             Method::Baseline | Method::SpectralNorm => Box::new(Plain),
             Method::Noise => Box::new(Noise::Gaussian { sigma: hyper.sigma }),
-            Method::Fgm => Box::new(Fgm::new(hyper.eps)?.with_norm(per_example)),
+            Method::Fgm => Box::new(
+                Fgm::new(hyper.eps)?
+                    .with_norm(norm)
+                    .with_objective(hyper.fgm_objective),
+            ),
             Method::GradientPenalty => {
-                Box::new(GradientPenalty::new(hyper.eps)?.with_norm(per_example))
+                Box::new(GradientPenalty::new(hyper.eps * hyper.gp_scale)?.with_norm(hyper.gp_norm))
             }
-            Method::Pgd => {
-                Box::new(Pgd::new(hyper.eps, hyper.eps / 2.0, 3)?.with_norm(per_example))
-            }
+            Method::Pgd => Box::new(Pgd::new(hyper.eps, hyper.eps / 2.0, 3)?.with_norm(norm)),
             Method::FreeLb => Box::new(FreeLb::new(hyper.eps / 3.0, 3)?.with_max_norm(hyper.eps)?),
             Method::Vat => Box::new(Vat::new(hyper.eps)?),
         })
@@ -355,7 +444,7 @@ fn method_step<G>(
 where
     G: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {
-    let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, labels);
+    let task = |z: &Tensor| advtrain::fused::cross_entropy(z, labels);
     method.step(&Batch::with_outputs(target, logits, &task), rng)
 }
 
@@ -373,7 +462,9 @@ trait Task {
 }
 
 struct TextTask {
-    model: TextClassifier,
+    model: BertClassifier,
+    /// Perturb the embedding matrix's rows instead of the embedding output.
+    matrix_target: bool,
     train: (Vec<Vec<u32>>, Vec<u32>),
     dev: (Vec<Vec<u32>>, Vec<u32>),
     test: (Vec<Vec<u32>>, Vec<u32>),
@@ -415,8 +506,18 @@ impl Task for TextTask {
     }
     fn step(&self, method: &mut dyn TrainingMethod, rows: &[usize], rng: &mut Rng) -> Result<Step> {
         let (ids, mask, labels) = self.batch(&self.train, rows)?;
-        let embeddings = self.model.embed(&ids)?;
-        let target = Target::embedding_output(&embeddings, Some(&mask))?;
+        if self.matrix_target {
+            // The rows of the matrix the batch looks up: the matrix target's step, without a copy
+            // of the matrix per perturbed pass.
+            let (target, lookup) = Target::embedding_rows(self.model.word_embeddings(), &ids)?;
+            let logits = |rows: &Tensor| -> candle_core::Result<Tensor> {
+                Ok(self
+                    .model
+                    .logits_from_embeddings(&lookup.embed(rows)?, &mask)?)
+            };
+            return method_step(method, &target, &logits, &labels, rng);
+        }
+        let target = Target::embedding_output(&self.model.embed(&ids)?, Some(&mask))?;
         let logits = |e: &Tensor| -> candle_core::Result<Tensor> {
             Ok(self.model.logits_from_embeddings(e, &mask)?)
         };
@@ -494,7 +595,7 @@ impl Task for ImageTask {
         for chunk in rows.chunks(250) {
             let (x, labels) = self.batch(data, chunk)?;
             let target = Target::input(&x)?;
-            let loss = |x: &Tensor| candle_nn::loss::cross_entropy(&self.model.logits(x)?, &labels);
+            let loss = |x: &Tensor| advtrain::fused::cross_entropy(&self.model.logits(x)?, &labels);
             for (steps, alpha, correct) in [
                 (1, hyper.attack_eps, &mut fgsm),
                 (10, hyper.attack_eps / 4.0, &mut pgd),
@@ -519,8 +620,9 @@ pub enum Prepared {
         dev: (Vec<Vec<u32>>, Vec<u32>),
         test: (Vec<Vec<u32>>, Vec<u32>),
         pad_id: u32,
-        config: EncoderConfig,
-        /// The safetensors to start from (MiniLM), or `None` to train from scratch.
+        config: BertConfig,
+        head: Head,
+        /// The Hugging Face model directory to start from (MiniLM), or `None` to train from scratch.
         pretrained: Option<PathBuf>,
     },
     Image(Split<ImageDataset>),
@@ -530,6 +632,193 @@ fn tokenized(t: &TextTokenizer, d: &TextDataset) -> Result<(Vec<Vec<u32>>, Vec<u
     Ok((t.encode(&d.texts)?, d.labels.clone()))
 }
 
+impl Experiment {
+    /// The pretrained model a text experiment starts from unless `--model` is given: MiniLM for
+    /// Rotten Tomatoes, none for THUCNews (trained from scratch) and CLUE (which needs `--model`).
+    fn default_model(self, data: &Path) -> Option<PathBuf> {
+        (self == Self::RottenTomatoes).then(|| data.join("models/all-MiniLM-L6-v2"))
+    }
+
+    /// Dev and test fractions of a single text file.
+    fn split_fractions(self) -> (f64, f64) {
+        match self {
+            // A fifth each for dev and test: fine-tuning cost grows with the training set,
+            // evaluation is cheap, and a 500-snippet test set halves the sampling error of a
+            // 250-snippet one.
+            Self::RottenTomatoes => (0.2, 0.2),
+            _ => (0.1, 0.1),
+        }
+    }
+
+    /// How the head pools: the first token for BERT-base on CLUE (the seeds' classifier), the
+    /// masked mean otherwise (as sentence-transformers trained MiniLM).
+    fn pooling(self) -> Pooling {
+        match self {
+            Self::Clue => Pooling::Cls,
+            _ => Pooling::Mean,
+        }
+    }
+}
+
+/// Builds a tokenizer from a `tokenizer.json` (by its extension) or a WordPiece vocabulary.
+fn load_tokenizer(file: &Path, max_len: usize) -> Result<TextTokenizer> {
+    if file.extension().is_some_and(|e| e == "json") {
+        TextTokenizer::from_json(file, max_len)
+    } else {
+        TextTokenizer::wordpiece(file, max_len)
+    }
+}
+
+/// The tokenizer of a model directory: its tokenizer.json, else its vocab.txt.
+fn model_tokenizer(dir: &Path) -> Result<PathBuf> {
+    ["tokenizer.json", "vocab.txt"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|file| file.is_file())
+        .ok_or_else(|| {
+            Error::data(
+                dir.display(),
+                None,
+                "the model directory has neither tokenizer.json nor vocab.txt",
+                "add the model's tokenizer, or pass one with --tokenizer FILE",
+            )
+        })
+}
+
+/// The text experiments: the model (from scratch, the preset's or `--model`), the tokenizer, the
+/// texts (bundled, one file split by seed, or separate files), the maximum length, tokenised.
+fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
+    let experiment = options.experiment;
+    let data = &options.data_dir;
+    let model_dir = options
+        .model
+        .clone()
+        .or_else(|| experiment.default_model(data));
+    let config = match &model_dir {
+        None if experiment == Experiment::Clue => {
+            return Err(Error::InvalidArgument {
+                name: "--model",
+                reason: "the clue experiment fine-tunes a pretrained Chinese BERT".into(),
+                fix: "pass --model DIR, a Hugging Face directory (config.json, model.safetensors, \
+                      vocab.txt or tokenizer.json), e.g. bert-base-chinese"
+                    .into(),
+            });
+        }
+        None => None,
+        Some(dir) => {
+            let weights = dir.join("model.safetensors");
+            if !weights.is_file() {
+                let fix = if options.model.is_none() {
+                    "run `bash scripts/setup.sh`, which downloads it and checks its sha256"
+                } else {
+                    "pass a Hugging Face model directory with config.json and model.safetensors"
+                };
+                return Err(Error::data(
+                    weights.display(),
+                    None,
+                    "missing from the model directory",
+                    fix,
+                ));
+            }
+            Some(BertConfig::from_file(&dir.join("config.json"))?)
+        }
+    };
+    let tokenizer_file = match (&options.tokenizer, &model_dir) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => model_tokenizer(dir)?,
+        (None, None) => data.join("bert-base-chinese-vocab.txt"),
+    };
+    let (dev_fraction, test_fraction) = experiment.split_fractions();
+    let (parts, bundled_len) = match &options.texts {
+        // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
+        None if experiment == Experiment::Thucnews => {
+            let all = subsample(&thucnews(&data.join("thucnews_10w.tsv.xz"))?, size, 0);
+            (split(&all, dev_fraction, test_fraction, 0)?, Some(32))
+        }
+        // 99% of the snippets have at most 40 words.
+        None if experiment == Experiment::RottenTomatoes => {
+            let path = data.join("rotten_tomatoes_corpus_full.csv.bz2");
+            let all = subsample(&rotten_tomatoes(&path)?, size, 0);
+            (split(&all, dev_fraction, test_fraction, 0)?, Some(64))
+        }
+        None => {
+            return Err(Error::InvalidArgument {
+                name: "--train",
+                reason: format!("the {} experiment has no bundled texts", experiment.name()),
+                fix:
+                    "pass --train FILE --dev FILE [--test FILE] (CLUE's train.json and dev.json), \
+                      or one file with --texts"
+                        .into(),
+            });
+        }
+        Some(TextSource::One(file)) => {
+            let all = subsample(&file.load(None)?, size, 0);
+            (split(&all, dev_fraction, test_fraction, 0)?, None)
+        }
+        Some(TextSource::Files { train, dev, test }) => {
+            let train = train.load(None)?;
+            let dev = dev.load(Some(&train.classes))?;
+            let test = match test {
+                Some(file) => file.load(Some(&train.classes))?,
+                None => {
+                    println!("no --test file: the test columns report the dev set");
+                    dev.clone()
+                }
+            };
+            let parts = Split {
+                train: subsample(&train, size, 0),
+                dev,
+                test,
+            };
+            (parts, None)
+        }
+    };
+    // A pretrained model has its positions; from scratch, 512 as BERT.
+    let limit = config.as_ref().map_or(512, BertConfig::max_tokens);
+    let max_len = match (options.max_len, bundled_len) {
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => {
+            length_percentile(&parts.train, |m| load_tokenizer(&tokenizer_file, m), limit)?
+        }
+    };
+    if max_len > limit {
+        return Err(Error::InvalidArgument {
+            name: "--max-len",
+            reason: format!("{max_len} tokens; the model has {limit} positions"),
+            fix: format!("pass --max-len {limit} or less"),
+        });
+    }
+    let tokenizer = load_tokenizer(&tokenizer_file, max_len)?;
+    if let Some(config) = &config
+        && tokenizer.vocab_size() > config.vocab_size
+    {
+        return Err(Error::data(
+            tokenizer_file.display(),
+            None,
+            format!(
+                "the tokenizer has {} tokens; the model's embedding has {} rows (vocab_size in \
+                 its config.json)",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            ),
+            "use the tokenizer that came with the model",
+        ));
+    }
+    let config = config.unwrap_or_else(|| BertConfig::small(tokenizer.vocab_size(), max_len));
+    Ok(Prepared::Text {
+        train: tokenized(&tokenizer, &parts.train)?,
+        dev: tokenized(&tokenizer, &parts.dev)?,
+        test: tokenized(&tokenizer, &parts.test)?,
+        pad_id: tokenizer.pad_id(),
+        config,
+        head: Head {
+            classes: parts.train.classes.len(),
+            pooling: experiment.pooling(),
+        },
+        pretrained: model_dir,
+    })
+}
+
 /// Loads, splits (seed 0, the same for every run), subsamples in quick mode, and tokenises.
 pub fn prepare(options: &Options) -> Result<Prepared> {
     let data = &options.data_dir;
@@ -537,89 +826,30 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
         .subset
         .unwrap_or(options.experiment.default_subset(options.quick));
     advtrain::error::check_count("--subset", size)?;
+    if let Some(max_len) = options.max_len {
+        advtrain::error::check_count("--max-len", max_len)?;
+    }
     match options.experiment {
-        Experiment::Thucnews => {
-            let vocab = data.join("bert-base-chinese-vocab.txt");
-            let (all, max_len) = match &options.texts {
-                // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
-                None => (thucnews(&data.join("thucnews_10w.tsv.xz"))?, 32),
-                Some(file) => {
-                    let all = file.load()?;
-                    let max_len =
-                        length_percentile(&all, |m| TextTokenizer::wordpiece(&vocab, m), 512)?;
-                    (all, max_len)
-                }
-            };
-            let all = subsample(&all, size, 0);
-            let parts = split(&all, 0.1, 0.1, 0)?;
-            let tokenizer = TextTokenizer::wordpiece(&vocab, max_len)?;
-            Ok(Prepared::Text {
-                train: tokenized(&tokenizer, &parts.train)?,
-                dev: tokenized(&tokenizer, &parts.dev)?,
-                test: tokenized(&tokenizer, &parts.test)?,
-                pad_id: tokenizer.pad_id(),
-                config: EncoderConfig::small(tokenizer.vocab_size(), max_len, all.classes.len()),
-                pretrained: None,
-            })
-        }
-        Experiment::RottenTomatoes => {
-            let model = data.join("models/all-MiniLM-L6-v2");
-            if !model.join("model.safetensors").exists() {
-                return Err(Error::data(
-                    model.display(),
-                    None,
-                    "the pretrained all-MiniLM-L6-v2 is not there",
-                    "run `bash scripts/setup.sh`, which downloads it and checks its sha256",
-                ));
-            }
-            let tokenizer_file = model.join("tokenizer.json");
-            let (all, max_len) = match &options.texts {
-                // 99% of the snippets have at most 40 words.
-                None => (
-                    rotten_tomatoes(&data.join("rotten_tomatoes_corpus_full.csv.bz2"))?,
-                    64,
-                ),
-                Some(file) => {
-                    let all = file.load()?;
-                    // MiniLM has 512 positions.
-                    let max_len = length_percentile(
-                        &all,
-                        |m| TextTokenizer::from_json(&tokenizer_file, m),
-                        512,
-                    )?;
-                    (all, max_len)
-                }
-            };
-            let all = subsample(&all, size, 0);
-            // A fifth each for dev and test: fine-tuning cost grows with the training set, evaluation
-            // is cheap, and a 500-snippet test set halves the sampling error of a 250-snippet one.
-            let parts = split(&all, 0.2, 0.2, 0)?;
-            let tokenizer = TextTokenizer::from_json(&tokenizer_file, max_len)?;
-            Ok(Prepared::Text {
-                train: tokenized(&tokenizer, &parts.train)?,
-                dev: tokenized(&tokenizer, &parts.dev)?,
-                test: tokenized(&tokenizer, &parts.test)?,
-                pad_id: tokenizer.pad_id(),
-                config: EncoderConfig::minilm(all.classes.len()),
-                pretrained: Some(model.join("model.safetensors")),
-            })
+        Experiment::Thucnews | Experiment::RottenTomatoes | Experiment::Clue => {
+            prepare_text(options, size)
         }
         Experiment::Mnist => {
             let all = match &options.images {
                 None => mnist_csv(&data.join("mnist_5k.csv.gz"))?,
                 Some((images, labels)) => {
                     let all = idx_images(images, labels)?;
-                    // The CNN takes 28 x 28 images and has 10 outputs.
-                    if (all.height, all.width) != (28, 28) || all.classes > 10 {
+                    // The CNN takes 28 x 28 images; its outputs are the data's classes.
+                    if (all.height, all.width) != (Cnn::SIDE, Cnn::SIDE) {
                         return Err(Error::data(
                             images.display(),
                             None,
                             format!(
-                                "holds {} x {} images in {} classes; the mnist experiment's CNN \
-                                 takes 28 x 28 images in at most 10 classes",
-                                all.height, all.width, all.classes
+                                "holds {} x {} images; the mnist experiment's CNN takes {side} x {side}",
+                                all.height,
+                                all.width,
+                                side = Cnn::SIDE
                             ),
-                            "pass MNIST-shaped images (MNIST, Fashion-MNIST, KMNIST)",
+                            "pass 28 x 28 images (MNIST, Fashion-MNIST, KMNIST)",
                         ));
                     }
                     all
@@ -631,9 +861,15 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
     }
 }
 
+/// Draws the power iterations' starting vectors of a spectrally normalised model.
+fn spectral_rng(seed: u64) -> Rng {
+    Rng::new(seed ^ 0x5eed)
+}
+
 fn build_task(
     prepared: &Prepared,
     method: Method,
+    hyper: &Hyper,
     seed: u64,
     device: &Device,
 ) -> Result<Box<dyn Task>> {
@@ -645,16 +881,20 @@ fn build_task(
             test,
             pad_id,
             config,
+            head,
             pretrained,
         } => Box::new(TextTask {
             model: {
-                let model =
-                    TextClassifier::new(config.clone(), seed, spectral, DType::F32, device)?;
-                if let Some(path) = pretrained {
-                    model.load_pretrained(path)?;
+                let model = BertClassifier::new(config.clone(), *head, seed, DType::F32, device)?;
+                if let Some(dir) = pretrained {
+                    model.load_weights(&dir.join("model.safetensors"))?;
                 }
-                model
+                match spectral {
+                    true => model.spectrally_normalised(&mut spectral_rng(seed))?,
+                    false => model,
+                }
             },
+            matrix_target: hyper.matrix_target,
             train: train.clone(),
             dev: dev.clone(),
             test: test.clone(),
@@ -662,7 +902,13 @@ fn build_task(
             device: device.clone(),
         }),
         Prepared::Image(data) => Box::new(ImageTask {
-            model: Cnn::new(seed, spectral, DType::F32, device)?,
+            model: {
+                let model = Cnn::new(seed, data.train.classes, DType::F32, device)?;
+                match spectral {
+                    true => model.spectrally_normalised(&mut spectral_rng(seed))?,
+                    false => model,
+                }
+            },
             data: data.clone(),
             device: device.clone(),
         }),
@@ -700,7 +946,7 @@ pub fn run_one(
         eps: run.eps,
         ..options.experiment.hyper()
     };
-    let task = build_task(prepared, method, seed, &device)?;
+    let task = build_task(prepared, method, &hyper, seed, &device)?;
     let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;
     let dir = run_dir(options, &run);
     // Checkpoints of another configuration (other data, subset or hyper-parameters) are not resumed.
@@ -711,12 +957,16 @@ pub fn run_one(
         ..hyper
     };
     let fingerprint = format!(
-        "{} quick={} train={} data={:?} {:?} {fingerprint_hyper:?}\n",
+        "{} quick={} train={} data={:?} {:?} model={:?} tokenizer={:?} max_len={:?} \
+         {fingerprint_hyper:?}\n",
         options.experiment.name(),
         options.quick,
         task.train_len(),
         options.images,
-        options.texts
+        options.texts,
+        options.model,
+        options.tokenizer,
+        options.max_len,
     );
     let config_file = dir.join("config.txt");
     if std::fs::read_to_string(&config_file).ok().as_deref() != Some(fingerprint.as_str()) {

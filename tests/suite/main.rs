@@ -14,6 +14,7 @@ mod gradient_penalty;
 mod init;
 mod laplacian;
 mod method;
+mod models;
 mod noise;
 mod norm;
 mod ops;

@@ -1,6 +1,6 @@
 //! The experiments' tests, one module per concept (`experiments/src/<concept>.rs`), in one binary.
 
-mod cnn;
+mod clue;
 mod data;
 mod encoder;
 mod run;

@@ -29,6 +29,9 @@ fn options(out: &str, epochs: usize) -> Options {
         subset: None,
         images: None,
         texts: None,
+        model: None,
+        tokenizer: None,
+        max_len: None,
     }
 }
 
@@ -442,10 +445,10 @@ fn the_text_experiments_run_on_the_users_labelled_texts() {
     };
     let options = parse(&args(format!("--texts {}", tsv_path.display()))).unwrap();
     let prepared = prepare(&options).unwrap();
-    let Prepared::Text { train, config, .. } = &prepared else {
+    let Prepared::Text { train, head, .. } = &prepared else {
         panic!("a text experiment prepares text")
     };
-    assert_eq!(config.classes, 3);
+    assert_eq!(head.classes, 3);
     assert_eq!(train.1.len(), 240); // 80% of 300
     let bar = indicatif::ProgressBar::hidden();
     let rows = run_one(&options, &prepared, options.runs()[0], &bar).unwrap();
@@ -459,10 +462,10 @@ fn the_text_experiments_run_on_the_users_labelled_texts() {
         csv_path.display()
     )))
     .unwrap();
-    let Prepared::Text { config, .. } = prepare(&options).unwrap() else {
+    let Prepared::Text { head, .. } = prepare(&options).unwrap() else {
         panic!("text")
     };
-    assert_eq!(config.classes, 3);
+    assert_eq!(head.classes, 3);
     let options = parse(&args(format!("--texts {}", csv_path.display()))).unwrap();
     let e = prepare(&options).err().unwrap().to_string();
     assert!(

@@ -1,8 +1,8 @@
-//! Layers whose weight may be spectrally normalised: the experiments' "spectral norm" runs wrap every
-//! dense and convolution weight of a model in [`SpectralNorm`] (W / sigma(W), power iteration in
-//! training mode only), the others use W as it is. Book: "L-constraint", and "Experiments".
+//! Layers whose weight may be spectrally normalised (`W / sigma(W)`, power iteration in training mode
+//! only, [`crate::SpectralNorm`]), and the training / evaluation switch. [`Dense`] runs on the fused
+//! [`crate::fused::linear`]. Book: "Models", and "L-constraint" for the normalisation.
 
-use advtrain::{Result, Rng, SpectralNorm};
+use crate::{Result, Rng, SpectralNorm};
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use std::sync::Mutex;
@@ -24,23 +24,27 @@ impl Mode {
 }
 
 /// A weight, optionally divided by its spectral norm.
-pub struct Weight {
+struct Weight {
     weight: Tensor,
     spectral: Option<Mutex<SpectralNorm>>,
 }
 
 impl Weight {
-    /// `weight` as is, or spectrally normalised when `rng` is given (it draws the power iteration's u).
-    pub fn new(weight: Tensor, rng: Option<&mut Rng>) -> Result<Self> {
-        let spectral = match rng {
-            Some(rng) => Some(Mutex::new(SpectralNorm::new(&weight, rng)?)),
-            None => None,
-        };
-        Ok(Self { weight, spectral })
+    fn new(weight: Tensor) -> Self {
+        Self {
+            weight,
+            spectral: None,
+        }
+    }
+
+    /// From now on, W / sigma(W); `rng` draws the power iteration's starting vector.
+    fn normalise(&mut self, rng: &mut Rng) -> Result<()> {
+        self.spectral = Some(Mutex::new(SpectralNorm::new(&self.weight, rng)?));
+        Ok(())
     }
 
     /// The weight to use now: W, or W / sigma(W) (u, v updated only when `train`).
-    pub fn get(&self, train: bool) -> Result<Tensor> {
+    fn get(&self, train: bool) -> Result<Tensor> {
         match &self.spectral {
             None => Ok(self.weight.clone()),
             Some(norm) => norm
@@ -49,46 +53,52 @@ impl Weight {
                 .normalise(&self.weight, train),
         }
     }
-
-    /// The raw parameter.
-    pub fn raw(&self) -> &Tensor {
-        &self.weight
-    }
 }
 
-/// A dense layer `x W^T + b` with an optionally normalised weight.
+/// A dense layer `x W^T + b` on the fused linear op, with an optionally normalised weight.
 pub struct Dense {
     weight: Weight,
     bias: Tensor,
 }
 
 impl Dense {
-    /// A `(out, inp)` layer under `vb` (names `weight`, `bias`, as candle-nn and BERT use them).
-    pub fn new(inp: usize, out: usize, vb: VarBuilder, spectral: Option<&mut Rng>) -> Result<Self> {
+    /// A `(out, inp)` layer under `vb`, initialised as `candle_nn::linear` (names `weight` and
+    /// `bias`, as candle-nn and BERT use them).
+    pub fn new(inp: usize, out: usize, vb: VarBuilder) -> Result<Self> {
         let linear = candle_nn::linear(inp, out, vb)?;
         let bias = linear
             .bias()
             .cloned()
             .expect("candle_nn::linear has a bias");
         Ok(Self {
-            weight: Weight::new(linear.weight().clone(), spectral)?,
+            weight: Weight::new(linear.weight().clone()),
             bias,
         })
     }
 
-    /// Applies the layer to `x` of shape `(..., inp)`.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let linear = candle_nn::Linear::new(self.weight.get(train)?, Some(self.bias.clone()));
-        Ok(linear.forward(x)?)
+    /// Divides the weight by its spectral norm from now on; `rng` draws the power iteration's start.
+    pub fn normalise(&mut self, rng: &mut Rng) -> Result<()> {
+        self.weight.normalise(rng)
     }
 
-    /// The raw weight.
+    /// Applies the layer to `x` of shape `(..., inp)`; `train` advances the power iteration.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(crate::fused::linear(
+            x,
+            &self.weight.get(train)?,
+            Some(&self.bias),
+        )?)
+    }
+
+    /// The raw weight `(out, inp)`.
     pub fn weight(&self) -> &Tensor {
-        self.weight.raw()
+        &self.weight.weight
     }
 }
 
-/// A 2-D convolution with an optionally normalised kernel (the kernel reshaped to `(out, in*k*k)`).
+/// A 2-D convolution (candle's `conv2d`, differentiable to second order) with an optionally
+/// normalised kernel (the kernel reshaped to `(out, in*k*k)`: a bound on the kernel, not on the
+/// convolution operator, whose norm can be larger where windows overlap).
 pub struct Conv {
     weight: Weight,
     bias: Tensor,
@@ -103,15 +113,19 @@ impl Conv {
         kernel: usize,
         config: Conv2dConfig,
         vb: VarBuilder,
-        spectral: Option<&mut Rng>,
     ) -> Result<Self> {
         let conv = candle_nn::conv2d(inp, out, kernel, config, vb)?;
         let bias = conv.bias().cloned().expect("candle_nn::conv2d has a bias");
         Ok(Self {
-            weight: Weight::new(conv.weight().clone(), spectral)?,
+            weight: Weight::new(conv.weight().clone()),
             bias,
             config,
         })
+    }
+
+    /// Divides the kernel by its spectral norm from now on; `rng` draws the power iteration's start.
+    pub fn normalise(&mut self, rng: &mut Rng) -> Result<()> {
+        self.weight.normalise(rng)
     }
 
     /// Applies the convolution to `x` of shape `(b, inp, h, w)`.
@@ -126,6 +140,6 @@ impl Conv {
 
     /// The raw kernel.
     pub fn weight(&self) -> &Tensor {
-        self.weight.raw()
+        &self.weight.weight
     }
 }
