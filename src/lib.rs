@@ -82,6 +82,8 @@ mod book {
     mod l_constraint {}
     #[doc = include_str!("../book/src/methods.md")]
     mod methods {}
+    #[doc = include_str!("../book/src/models.md")]
+    mod models {}
     #[doc = include_str!("../book/src/experiments.md")]
     mod experiments {}
     #[doc = include_str!("../book/src/gpu.md")]

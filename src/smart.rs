@@ -3,7 +3,7 @@
 //!
 //! The regulariser is `lambda_s * max_{delta} l_s(f(x + delta), f(x))` with `l_s` the symmetric KL of the
 //! output distributions (classification) or the squared error (regression), both sides depending on the
-//! weights. The inner max starts from noise of variance `noise_var` (1e-5) and takes K normalised ascent
+//! weights. The inner max starts from Gaussian noise of standard deviation `noise_std` (1e-5) and takes K normalised ascent
 //! steps of size `step_size` (1e-3), projected onto a ball of radius `eps` when `eps > 0`. Like target
 //! shift, it needs no labels. The Bregman proximal point step adds `mu * l_s(f(x; theta), f(x; theta~))`,
 //! with `theta~` an exponential moving average of the weights: a trust region in output space
@@ -50,8 +50,9 @@ impl SmartDivergence {
 
 /// SMART's hyper-parameters. The defaults are the reference implementation's (mt-dnn): weight
 /// lambda_s = 1 (`adv_alpha`), K = 1 ascent step (`adv_k`) of size 1e-3 (`adv_step_size`) from noise
-/// set by `noise_var` = 1e-5 (`adv_noise_var`), the symmetric KL; per-example L2 steps without
-/// projection (`eps` = 0).
+/// of standard deviation 1e-5 (`adv_noise_var`: despite its name, mt-dnn's `generate_noise` draws
+/// `N(0, 1) * noise_var`, so it is a standard deviation), the symmetric KL; per-example L2 steps
+/// without projection (`eps` = 0).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SmartConfig {
     /// The regulariser's weight lambda_s (>= 0).
@@ -60,8 +61,8 @@ pub struct SmartConfig {
     pub steps: usize,
     /// The ascent step's size (> 0).
     pub step_size: f64,
-    /// The starting noise's variance (>= 0).
-    pub noise_var: f64,
+    /// The starting noise's standard deviation per coordinate (>= 0).
+    pub noise_std: f64,
     /// The projection's radius (>= 0; 0: none).
     pub eps: f64,
     /// The ascent step's geometry.
@@ -76,7 +77,7 @@ impl Default for SmartConfig {
             lambda: 1.0,
             steps: 1,
             step_size: 1e-3,
-            noise_var: 1e-5,
+            noise_std: 1e-5,
             eps: 0.0,
             norm: StepNorm::L2(Scope::PerExample),
             divergence: SmartDivergence::SymmetricKl,
@@ -90,7 +91,7 @@ impl SmartConfig {
         check_non_negative("lambda", self.lambda)?;
         check_count("steps", self.steps)?;
         check_positive("step_size", self.step_size)?;
-        check_non_negative("noise_var", self.noise_var)?;
+        check_non_negative("noise_std", self.noise_std)?;
         check_non_negative("eps", self.eps)
     }
 }
@@ -139,10 +140,10 @@ impl Smart {
         })
     }
 
-    /// Variance of the starting noise.
-    pub fn with_noise_var(self, noise_var: f64) -> Result<Self> {
+    /// Standard deviation of the starting noise (mt-dnn's `adv_noise_var`).
+    pub fn with_noise_std(self, noise_std: f64) -> Result<Self> {
         Self::from_config(SmartConfig {
-            noise_var,
+            noise_std,
             ..self.config
         })
     }
@@ -176,7 +177,7 @@ impl Smart {
         let p = target.point();
         let reference = clean.detach();
         let mut delta = target.apply_mask(
-            &(rng.normal(p.shape(), p.dtype(), p.device())? * self.config.noise_var.sqrt())?,
+            &(rng.normal(p.shape(), p.dtype(), p.device())? * self.config.noise_std)?,
         )?;
         for step in 0..self.config.steps {
             let divergence = |point: &Tensor| -> candle_core::Result<Tensor> {

@@ -229,7 +229,7 @@ fn a_divergence_ascent_may_start_at_a_zero_gradient_and_a_zero_ball_is_no_nan() 
     let batch = Batch::with_outputs(&target, &logits, &task);
     let step = Smart::new(1.0, SmartDivergence::SymmetricKl)
         .unwrap()
-        .with_noise_var(0.0)
+        .with_noise_std(0.0)
         .unwrap()
         .step(&batch, &mut Rng::new(0))
         .unwrap();

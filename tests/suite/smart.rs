@@ -175,3 +175,34 @@ fn bad_arguments_are_errors() {
         Err(Error::InvalidArgument { name: "beta", .. })
     ));
 }
+
+#[test]
+fn the_attack_starts_from_noise_of_standard_deviation_noise_std() {
+    // mt-dnn's generate_noise draws N(0, 1) * adv_noise_var: 1e-5 is a standard deviation. A step of
+    // 1e-12 leaves the start visible; its spread over 20,000 coordinates estimates the deviation
+    // to about 0.5% (one standard error of a sample deviation is sigma / sqrt(2n)).
+    let model = Mlp::new(&[2_000, 3], Activation::Tanh, 1, DType::F64, &Device::Cpu).unwrap();
+    let x = Rng::new(2)
+        .normal((10, 2_000), DType::F64, &Device::Cpu)
+        .unwrap();
+    let target = Target::input(&x).unwrap();
+    let logits = |x: &Tensor| model.forward(x);
+    let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1, 2, 0], &Device::Cpu).unwrap();
+    let task = |z: &Tensor| candle_nn::loss::cross_entropy(z, &labels);
+    let smart = Smart::new(1.0, SmartDivergence::SymmetricKl)
+        .unwrap()
+        .with_step_size(1e-12)
+        .unwrap();
+    assert_eq!(smart.config().noise_std, 1e-5);
+    let delta = smart
+        .attack(
+            &Batch::with_outputs(&target, &logits, &task),
+            &logits(&x).unwrap(),
+            &mut Rng::new(3),
+        )
+        .unwrap();
+    let values: Vec<f64> = delta.flatten_all().unwrap().to_vec1().unwrap();
+    let n = values.len() as f64;
+    let std = (values.iter().map(|v| v * v).sum::<f64>() / n).sqrt();
+    assert!((std / 1e-5 - 1.0).abs() < 0.03, "std {std:e}");
+}
