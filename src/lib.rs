@@ -18,6 +18,7 @@
 //! | [`gradient_penalty`] | `eps * P(grad_x L)`, exact or by finite differences |
 //! | [`pgd`], [`free_at`], [`yopo`], [`freelb`], [`smart`], [`vat`] | the multi-step and label-free methods |
 //! | [`models`] | trainable models on the fused ops: a BERT-family classifier (Hugging Face checkpoints), an image CNN |
+//! | [`local_linearity`] | the local-linearity regulariser: the loss's distance from its tangent plane in the ball |
 //! | [`spectral_norm`] | spectral normalisation, Lipschitz bound |
 //! | [`second_order`] | the guard against silently wrong second-order gradients |
 //! | [`ops`], [`fused`] | differentiable layer norm, softmax, GELU; fused CPU versions |
@@ -106,6 +107,7 @@ pub mod gradient_penalty;
 mod grads;
 pub mod init;
 pub mod laplacian;
+pub mod local_linearity;
 pub mod method;
 pub mod models;
 pub mod noise;
@@ -141,6 +143,7 @@ pub use free_at::{FreeAt, FreeAtConfig};
 pub use freelb::{FreeLb, FreeLbConfig};
 pub use gradient_penalty::{GradientPenalty, GradientPenaltyConfig, PenaltyMethod};
 pub use laplacian::{CurvatureMethod, Laplacian, LaplacianConfig, ProbeKind};
+pub use local_linearity::{LocalLinearity, LocalLinearityConfig};
 pub use method::{Batch, GradientCheck, Method, Plain};
 pub use noise::Noise;
 pub use norm::{Scope, StepNorm};

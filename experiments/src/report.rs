@@ -31,6 +31,8 @@ pub struct Summary {
     pub pgd: (f64, f64),
     /// Mean seconds per epoch.
     pub seconds_per_epoch: f64,
+    /// Seeds whose final epoch predicts one class for every test example.
+    pub collapsed: usize,
 }
 
 /// Whether `r` belongs to the summary line of `method` at radius `eps` (`None`: any radius).
@@ -87,6 +89,10 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
                 fgsm: mean_std(&finals((m, eps), |r| r.fgsm_accuracy)),
                 pgd: mean_std(&finals((m, eps), |r| r.pgd_accuracy)),
                 seconds_per_epoch: mean_std(&epochs).0,
+                collapsed: finals((m, eps), |r| r.predicted_classes)
+                    .iter()
+                    .filter(|&&k| k == 1.0)
+                    .count(),
             }
         })
         .collect()
@@ -127,7 +133,12 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
         let vs = s
             .vs_baseline
             .map_or("-".into(), |d| pct(d, n.min(baseline_seeds), true));
-        out += &format!("| {} | {n} | {} | {vs} |", s.label, pct(s.test, n, false));
+        let label = if s.collapsed > 0 {
+            format!("{} (collapsed: {} of {n})", s.label, s.collapsed)
+        } else {
+            s.label.clone()
+        };
+        out += &format!("| {label} | {n} | {} | {vs} |", pct(s.test, n, false));
         if robust {
             out += &format!(" {} | {} |", pct(s.fgsm, n, false), pct(s.pgd, n, false));
         }
@@ -156,6 +167,20 @@ pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
     let write = |file: &str, contents: &str| -> Result<()> {
         let path = out.join(file);
         std::fs::write(&path, contents).map_err(|e| file_error(&path, e))
+    };
+    let collapsed: Vec<String> = summary
+        .iter()
+        .filter(|s| s.collapsed > 0)
+        .map(|s| format!("{} ({} of {} seeds)", s.label, s.collapsed, s.seeds))
+        .collect();
+    let text = if collapsed.is_empty() {
+        text
+    } else {
+        format!(
+            "{text}\nCollapsed runs, which predict one class for every test example: {}. Their \
+             accuracy is the majority class's, not a comparison of methods.\n",
+            collapsed.join(", ")
+        )
     };
     write("summary.md", &text)?;
     let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);

@@ -24,6 +24,16 @@ pub struct EpochRow {
     pub passes_forward: usize,
     pub passes_backward: usize,
     pub seconds: f64,
+    /// How many distinct classes the model predicts on the test set: 1 means the run collapsed to a
+    /// constant predictor (NaN in tables written before the column existed).
+    pub predicted_classes: f64,
+}
+
+impl EpochRow {
+    /// Whether the run predicts one class for every test example (of a task with several).
+    pub fn collapsed(&self) -> bool {
+        self.predicted_classes == 1.0
+    }
 }
 
 pub(crate) fn file_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -39,6 +49,8 @@ pub(crate) fn file_error(path: &Path, e: impl std::fmt::Display) -> Error {
 struct NumberColumn {
     name: &'static str,
     integer: bool,
+    /// A column added later: a table without it reads as NaN.
+    optional: bool,
     get: fn(&EpochRow) -> f64,
     set: fn(&mut EpochRow, f64),
 }
@@ -49,6 +61,7 @@ macro_rules! number_column {
         NumberColumn {
             name: stringify!($field),
             integer: false,
+            optional: false,
             get: |r| r.$field,
             set: |r, v| r.$field = v,
         }
@@ -57,6 +70,7 @@ macro_rules! number_column {
         NumberColumn {
             name: stringify!($field),
             integer: true,
+            optional: false,
             get: |r| r.$field as f64,
             set: |r, v| r.$field = v as $ty,
         }
@@ -64,7 +78,7 @@ macro_rules! number_column {
 }
 
 /// The numeric columns, in file order (after `experiment` and `method`).
-const NUMBERS: [NumberColumn; 11] = [
+const NUMBERS: [NumberColumn; 12] = [
     number_column!(eps, f64),
     number_column!(seed, u64),
     number_column!(epoch, usize),
@@ -76,6 +90,10 @@ const NUMBERS: [NumberColumn; 11] = [
     number_column!(passes_forward, usize),
     number_column!(passes_backward, usize),
     number_column!(seconds, f64),
+    NumberColumn {
+        optional: true,
+        ..number_column!(predicted_classes, f64)
+    },
 ];
 
 /// Writes `rows` as CSV to `path` (written to a temporary name, then renamed).
@@ -138,6 +156,10 @@ pub fn read_rows(path: &Path) -> Result<Vec<EpochRow>> {
         })
         .collect();
     for c in &NUMBERS {
+        if c.optional && frame.column(c.name).is_err() {
+            rows.iter_mut().for_each(|r| (c.set)(r, f64::NAN));
+            continue;
+        }
         for (i, v) in column(c.name)?.iter().enumerate() {
             let value = v.parse::<f64>().map_err(|_| {
                 Error::data(

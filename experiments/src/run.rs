@@ -456,7 +456,7 @@ trait Task {
     fn step(&self, method: &mut dyn TrainingMethod, batch: &[usize], rng: &mut Rng)
     -> Result<Step>;
     /// Accuracy on dev (`false`) or test (`true`).
-    fn accuracy(&self, test: bool) -> Result<f64>;
+    fn accuracy(&self, test: bool) -> Result<Evaluation>;
     /// Test accuracy under FGSM and PGD-10, where the task measures it.
     fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>>;
 }
@@ -494,6 +494,35 @@ fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
         .to_scalar::<u32>()? as usize)
 }
 
+/// Accuracy on a data set, and how many distinct classes the model predicted on it.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    correct: usize,
+    total: usize,
+    predicted: std::collections::BTreeSet<u32>,
+}
+
+impl Evaluation {
+    /// Adds a chunk's logits and labels.
+    fn add(&mut self, logits: &Tensor, labels: &Tensor) -> Result<()> {
+        self.correct += count_correct(logits, labels)?;
+        self.total += labels.dim(0)?;
+        self.predicted
+            .extend(logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?);
+        Ok(())
+    }
+
+    /// The fraction correct (0 for an empty set).
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+
+    /// The number of distinct predicted classes.
+    pub fn predicted_classes(&self) -> usize {
+        self.predicted.len()
+    }
+}
+
 impl Task for TextTask {
     fn train_len(&self) -> usize {
         self.train.1.len()
@@ -523,18 +552,18 @@ impl Task for TextTask {
         };
         method_step(method, &target, &logits, &labels, rng)
     }
-    fn accuracy(&self, test: bool) -> Result<f64> {
+    fn accuracy(&self, test: bool) -> Result<Evaluation> {
         let data = if test { &self.test } else { &self.dev };
         let rows: Vec<usize> = (0..data.1.len()).collect();
-        let mut correct = 0;
+        let mut evaluation = Evaluation::default();
         for chunk in rows.chunks(256) {
             let (ids, mask, labels) = self.batch(data, chunk)?;
             let logits = self
                 .model
                 .logits_from_embeddings(&self.model.embed(&ids)?.detach(), &mask)?;
-            correct += count_correct(&logits, &labels)?;
+            evaluation.add(&logits, &labels)?;
         }
-        Ok(correct as f64 / rows.len().max(1) as f64)
+        Ok(evaluation)
     }
     fn robust_accuracy(&self, _hyper: &Hyper) -> Result<Option<(f64, f64)>> {
         Ok(None)
@@ -573,19 +602,19 @@ impl Task for ImageTask {
         let logits = |x: &Tensor| -> candle_core::Result<Tensor> { Ok(self.model.logits(x)?) };
         method_step(method, &target, &logits, &labels, rng)
     }
-    fn accuracy(&self, test: bool) -> Result<f64> {
+    fn accuracy(&self, test: bool) -> Result<Evaluation> {
         let data = if test {
             &self.data.test
         } else {
             &self.data.dev
         };
         let rows: Vec<usize> = (0..data.len()).collect();
-        let mut correct = 0;
+        let mut evaluation = Evaluation::default();
         for chunk in rows.chunks(500) {
             let (x, labels) = self.batch(data, chunk)?;
-            correct += count_correct(&self.model.logits(&x)?, &labels)?;
+            evaluation.add(&self.model.logits(&x)?, &labels)?;
         }
-        Ok(correct as f64 / rows.len().max(1) as f64)
+        Ok(evaluation)
     }
     fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>> {
         let data = &self.data.test;
@@ -1032,6 +1061,7 @@ pub fn run_one(
         } else {
             None
         };
+        let test = task.accuracy(true)?;
         let row = EpochRow {
             experiment: options.experiment.name().into(),
             method: method.name().into(),
@@ -1039,14 +1069,28 @@ pub fn run_one(
             seed,
             epoch,
             train_loss: total / count.max(1) as f64,
-            dev_accuracy: task.accuracy(false)?,
-            test_accuracy: task.accuracy(true)?,
+            dev_accuracy: task.accuracy(false)?.accuracy(),
+            test_accuracy: test.accuracy(),
             fgsm_accuracy: robust.map_or(f64::NAN, |r| r.0),
             pgd_accuracy: robust.map_or(f64::NAN, |r| r.1),
             passes_forward: passes.forward,
             passes_backward: passes.backward,
             seconds: started.elapsed().as_secs_f64(),
+            predicted_classes: test.predicted_classes() as f64,
         };
+        if row.collapsed() && epoch == options.epochs {
+            let warning = format!(
+                "warning: {} seed {seed} collapsed: it predicts one class for every test example \
+                 (training loss {:.4}); a smaller --eps or learning rate may help",
+                method.name(),
+                row.train_loss
+            );
+            if progress.is_hidden() {
+                println!("{warning}");
+            } else {
+                progress.println(warning);
+            }
+        }
         if options.verbose {
             let line = format!(
                 "{:<16}{} seed {seed} epoch {epoch}: loss {:.4}, dev {:.4}, test {:.4}{} ({:.0} s)",

@@ -13,6 +13,7 @@ mod fused;
 mod gradient_penalty;
 mod init;
 mod laplacian;
+mod local_linearity;
 mod method;
 mod models;
 mod noise;

@@ -47,6 +47,17 @@ fn every_method() -> Vec<(&'static str, Box<dyn Method>)> {
             "target shift",
             Box::new(TargetShift::new(0.1, Divergence::SquaredError).unwrap()),
         ),
+        (
+            "local linearity",
+            Box::new(
+                advtrain::LocalLinearity::new(0.1)
+                    .unwrap()
+                    .with_norm(advtrain::StepNorm::L2(advtrain::Scope::PerExample))
+                    .unwrap()
+                    .with_steps(2, 0.05)
+                    .unwrap(),
+            ),
+        ),
     ]
 }
 

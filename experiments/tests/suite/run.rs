@@ -85,7 +85,41 @@ fn row(method: &str, seed: u64, epoch: usize, acc: f64) -> EpochRow {
         passes_forward: 1,
         passes_backward: 1,
         seconds: 1.0,
+        predicted_classes: 3.0,
     }
+}
+
+#[test]
+fn a_collapsed_run_is_flagged_in_the_summary_and_an_old_table_still_reads() {
+    let collapsed = EpochRow {
+        predicted_classes: 1.0,
+        ..row("gradient-penalty", 2, 1, 0.5)
+    };
+    assert!(collapsed.collapsed() && !row("fgm", 1, 1, 0.6).collapsed());
+    let s = summarise(&[
+        row("baseline", 1, 1, 0.6),
+        row("gradient-penalty", 1, 1, 0.7),
+        collapsed,
+    ]);
+    assert_eq!((s[0].collapsed, s[1].collapsed), (0, 1));
+    let table = markdown(&s, false);
+    assert!(
+        table.contains("| gradient-penalty (collapsed: 1 of 2) | 2 |"),
+        "{table}"
+    );
+    // A table written before the column existed reads, with the count unknown (NaN).
+    let path = std::env::temp_dir().join(format!("advtrain-old-rows-{}.csv", std::process::id()));
+    std::fs::write(
+        &path,
+        "experiment,method,eps,seed,epoch,train_loss,dev_accuracy,test_accuracy,fgsm_accuracy,\
+         pgd_accuracy,passes_forward,passes_backward,seconds\nx,fgm,0.1,1,1,0.5,0.6,0.7,NaN,NaN,2,2,1.5\n",
+    )
+    .unwrap();
+    let rows = read_rows(&path);
+    std::fs::remove_file(&path).unwrap();
+    let rows = rows.unwrap();
+    assert!(rows[0].predicted_classes.is_nan() && !rows[0].collapsed());
+    assert_eq!(rows[0].test_accuracy, 0.7);
 }
 
 #[test]
