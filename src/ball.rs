@@ -3,7 +3,8 @@
 //! Multi-step attacks (PGD, FreeAT, FreeLB, SMART) keep their perturbation inside
 //! `Omega = {delta : ||delta|| <= eps}`, the constraint of the min-max problem (eq. (10) of the seed
 //! article on generalisation). An L2 ball is paired with the normalised step `g / ||g||`, the
-//! L-infinity ball with the sign step. Book chapter: "Min-max".
+//! L-infinity ball with the sign step. [`ValidRange`] keeps the perturbed point itself in its valid
+//! range (pixels in [0, 1]), as image attacks do. Book chapter: "Min-max".
 
 use crate::error::check_non_negative;
 use crate::norm::{Scope, StepNorm, squared_norms};
@@ -76,5 +77,38 @@ impl Ball {
         }
         let u = rng.uniform(-r, r, p.shape(), p.dtype(), p.device())?;
         self.project(target, &target.apply_mask(&u)?)
+    }
+}
+
+/// The valid range `[lo, hi]` of the perturbed point's entries (pixels in [0, 1]). Image attacks
+/// cut the perturbation so that `point + delta` stays a valid image, after the ball's projection.
+/// For a point inside the range the cut shrinks every entry of delta towards zero, so the result
+/// stays in the ball.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ValidRange {
+    /// The smallest valid value.
+    pub lo: f64,
+    /// The largest valid value.
+    pub hi: f64,
+}
+
+impl ValidRange {
+    /// `[lo, hi]`, finite with `lo < hi`.
+    pub fn new(lo: f64, hi: f64) -> Result<Self> {
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(crate::Error::InvalidArgument {
+                name: "range",
+                reason: format!("[{lo}, {hi}] is not a finite interval with lo < hi"),
+                fix: "pass the inputs' valid range, e.g. (0.0, 1.0) for pixels".into(),
+            });
+        }
+        Ok(Self { lo, hi })
+    }
+
+    /// `clamp(point + delta, lo, hi) - point`, masked.
+    pub fn cut(&self, target: &Target, delta: &Tensor) -> Result<Tensor> {
+        let point = target.point();
+        let inside = (point + delta)?.clamp(self.lo, self.hi)?;
+        target.apply_mask(&(inside - point)?)
     }
 }

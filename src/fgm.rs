@@ -7,6 +7,7 @@
 //! objectives, as the seeds use them: the adversarial loss alone, or clean + adversarial.
 //! Cost: two forward and two backward passes per step. Book chapter: "FGM and gradient penalty".
 
+use crate::ball::ValidRange;
 use crate::error::check_non_negative;
 use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
@@ -26,6 +27,9 @@ pub struct FgmConfig {
     pub norm: StepNorm,
     /// Adversarial loss alone, or clean + adversarial.
     pub objective: Objective,
+    /// The perturbed point's valid range (pixels: [0, 1], as the seeds' MNIST FGSM clamps);
+    /// `None`: unbounded.
+    pub range: Option<ValidRange>,
 }
 
 impl Default for FgmConfig {
@@ -34,6 +38,7 @@ impl Default for FgmConfig {
             eps: 1.0,
             norm: StepNorm::L2(Scope::PerBatch),
             objective: Objective::CleanPlusAdversarial,
+            range: None,
         }
     }
 }
@@ -98,10 +103,20 @@ impl Fgm {
         self.config.norm
     }
 
+    /// Keeps the perturbed point in `[lo, hi]` (pixels: `(0.0, 1.0)`).
+    pub fn with_range(mut self, lo: f64, hi: f64) -> Result<Self> {
+        self.config.range = Some(ValidRange::new(lo, hi)?);
+        Ok(self)
+    }
+
     /// The perturbation `eps * d(g)` for a gradient `g` w.r.t. the target's point (detached); zero
-    /// where `g` is zero.
+    /// where `g` is zero; cut to the valid range when one is set.
     pub fn perturbation(&self, target: &Target, g: &Tensor) -> Result<Tensor> {
-        Ok((self.config.norm.direction(target, g)? * self.config.eps)?)
+        let delta = (self.config.norm.direction(target, g)? * self.config.eps)?;
+        match self.config.range {
+            Some(range) => range.cut(target, &delta),
+            None => Ok(delta),
+        }
     }
 }
 

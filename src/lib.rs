@@ -135,7 +135,7 @@ pub mod toy;
 #[cfg(feature = "verify")]
 pub mod verify;
 
-pub use ball::Ball;
+pub use ball::{Ball, ValidRange};
 pub use dropout::HeldDropout;
 pub use error::{Error, Result};
 pub use fgm::{Fgm, FgmConfig};

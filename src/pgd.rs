@@ -7,7 +7,7 @@
 //! gradient, so PGD-K costs K + 1 forward-backward passes, and PGD-1 with `alpha = eps` is FGM exactly.
 //! Book chapter: "PGD, FreeAT, YOPO, FreeLB, SMART, VAT".
 
-use crate::ball::Ball;
+use crate::ball::{Ball, ValidRange};
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
@@ -43,6 +43,8 @@ pub struct PgdConfig {
     pub start: Start,
     /// Adversarial loss alone, or clean + adversarial.
     pub objective: Objective,
+    /// The perturbed point's valid range (pixels: [0, 1]); `None`: unbounded.
+    pub range: Option<ValidRange>,
 }
 
 impl Default for PgdConfig {
@@ -54,6 +56,7 @@ impl Default for PgdConfig {
             norm: StepNorm::L2(Scope::PerBatch),
             start: Start::Zero,
             objective: Objective::CleanPlusAdversarial,
+            range: None,
         }
     }
 }
@@ -115,6 +118,21 @@ impl Pgd {
         self
     }
 
+    /// Keeps the perturbed point in `[lo, hi]` after every step (pixels: `(0.0, 1.0)`).
+    pub fn with_range(mut self, lo: f64, hi: f64) -> Result<Self> {
+        self.config.range = Some(ValidRange::new(lo, hi)?);
+        Ok(self)
+    }
+
+    /// The ball's projection, then the valid range's cut.
+    fn constrain(&self, target: &Target, delta: &Tensor) -> Result<Tensor> {
+        let projected = self.ball()?.project(target, delta)?;
+        match self.config.range {
+            Some(range) => range.cut(target, &projected),
+            None => Ok(projected),
+        }
+    }
+
     /// The ball the iterates stay in.
     pub fn ball(&self) -> Result<Ball> {
         Ball::for_norm(self.config.norm, self.config.eps)
@@ -123,7 +141,7 @@ impl Pgd {
     /// One ascent step from `delta` with gradient `g`.
     pub fn ascend(&self, target: &Target, delta: &Tensor, g: &Tensor) -> Result<Tensor> {
         let moved = (delta + (self.config.norm.direction(target, g)? * self.config.alpha)?)?;
-        self.ball()?.project(target, &moved)
+        self.constrain(target, &moved)
     }
 
     /// The attack: the final perturbation, the clean pass, and the number of ascent passes beyond the
@@ -141,7 +159,10 @@ impl Pgd {
                 let zero = clean.gradient.zeros_like()?;
                 (self.ascend(target, &zero, &clean.gradient)?, 0)
             }
-            Start::Random => (self.ball()?.random_point(target, rng)?, 0),
+            Start::Random => {
+                let start = self.ball()?.random_point(target, rng)?;
+                (self.constrain(target, &start)?, 0)
+            }
         };
         let first_from_clean = self.config.start == Start::Zero;
         let remaining = if first_from_clean {

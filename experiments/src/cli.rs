@@ -103,6 +103,15 @@ pub struct ExperimentArgs {
     /// line); default: the model's.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// FGM's objective: clean-plus-adversarial or adversarial (default: the experiment's own;
+    /// clue trains on the adversarial loss alone, as the seeds do).
+    #[arg(long)]
+    pub fgm_objective: Option<String>,
+    /// Gradient penalty's weight as a multiple of eps (default: the experiment's own, 1; clue 2).
+    /// FGM on clean + adversarial matches gradient penalty at 0.5 under Adam (book, "FGM and
+    /// gradient penalty", "Matching the weights").
+    #[arg(long)]
+    pub gp_scale: Option<f64>,
     /// Text experiments: the maximum sequence length in tokens; default: the experiment's for its
     /// bundled texts, else the 99th percentile of the training texts' token counts (printed).
     #[arg(long)]
@@ -215,7 +224,28 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             }
         }
     }
+    let fgm_objective = match args.fgm_objective.as_deref() {
+        None => None,
+        Some("clean-plus-adversarial") => Some(advtrain::Objective::CleanPlusAdversarial),
+        Some("adversarial") => Some(advtrain::Objective::AdversarialOnly),
+        Some(other) => {
+            return Err(bad(
+                "--fgm-objective",
+                format!("{other:?}: use clean-plus-adversarial or adversarial"),
+            ));
+        }
+    };
+    if let Some(scale) = args.gp_scale
+        && !(scale.is_finite() && scale > 0.0)
+    {
+        return Err(bad(
+            "--gp-scale",
+            format!("{scale} is not a positive number"),
+        ));
+    }
     Ok(Options {
+        fgm_objective,
+        gp_scale: args.gp_scale,
         texts,
         model: args.model,
         tokenizer: args.tokenizer,

@@ -29,6 +29,8 @@ pub struct Summary {
     pub vs_baseline: Option<(f64, f64)>,
     pub fgsm: (f64, f64),
     pub pgd: (f64, f64),
+    /// Accuracy under L2 PGD-10 at the training radius.
+    pub pgd_l2: (f64, f64),
     /// Mean seconds per epoch.
     pub seconds_per_epoch: f64,
     /// Seeds whose final epoch predicts one class for every test example.
@@ -88,6 +90,7 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
                 vs_baseline,
                 fgsm: mean_std(&finals((m, eps), |r| r.fgsm_accuracy)),
                 pgd: mean_std(&finals((m, eps), |r| r.pgd_accuracy)),
+                pgd_l2: mean_std(&finals((m, eps), |r| r.pgd_l2_accuracy)),
                 seconds_per_epoch: mean_std(&epochs).0,
                 collapsed: finals((m, eps), |r| r.predicted_classes)
                     .iter()
@@ -120,7 +123,7 @@ fn pct((mean, spread): (f64, f64), seeds: usize, sign: bool) -> String {
 pub fn markdown(summary: &[Summary], robust: bool) -> String {
     let mut out = String::from("| method | seeds | test accuracy | vs baseline |");
     out += if robust {
-        " FGSM accuracy | PGD-10 accuracy | s / epoch |\n|---|---|---|---|---|---|---|\n"
+        " FGSM accuracy | PGD-10 accuracy | L2 PGD-10 accuracy | s / epoch |\n|---|---|---|---|---|---|---|---|\n"
     } else {
         " s / epoch |\n|---|---|---|---|---|\n"
     };
@@ -140,7 +143,12 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
         };
         out += &format!("| {label} | {n} | {} | {vs} |", pct(s.test, n, false));
         if robust {
-            out += &format!(" {} | {} |", pct(s.fgsm, n, false), pct(s.pgd, n, false));
+            out += &format!(
+                " {} | {} | {} |",
+                pct(s.fgsm, n, false),
+                pct(s.pgd, n, false),
+                pct(s.pgd_l2, n, false)
+            );
         }
         out += &format!(" {:.1} |\n", s.seconds_per_epoch);
     }
@@ -159,9 +167,16 @@ pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
         "cargo run --release -- {}",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
+    let threat = if robust {
+        " Under attack, the pixels are kept in [0, 1]: FGSM and PGD-10 (steps of eps/4) in the \
+         L-infinity ball of the attack radius, and PGD-10 in each image's L2 ball of the training \
+         radius, the threat model the methods trained against."
+    } else {
+        ""
+    };
     let text = format!(
         "Final-epoch test accuracy (%), mean ± standard deviation over seeds; the difference to the \
-         baseline ± its standard error. Produced by `{command}`.\n\n{}",
+         baseline ± its standard error.{threat} Produced by `{command}`.\n\n{}",
         markdown(&summary, robust)
     );
     let write = |file: &str, contents: &str| -> Result<()> {

@@ -18,12 +18,16 @@ pub struct EpochRow {
     pub train_loss: f64,
     pub dev_accuracy: f64,
     pub test_accuracy: f64,
-    /// Test accuracy under FGSM / PGD-10 (L-infinity, `attack_eps`); NaN where not measured.
+    /// Test accuracy under FGSM / PGD-10 (L-infinity, `attack_eps`, pixels kept in [0, 1]); NaN
+    /// where not measured. (Tables written before 2026-12-02 attacked without the [0, 1] box.)
     pub fgsm_accuracy: f64,
     pub pgd_accuracy: f64,
     pub passes_forward: usize,
     pub passes_backward: usize,
     pub seconds: f64,
+    /// Test accuracy under PGD-10 in the per-image L2 ball of the training radius, pixels kept in
+    /// [0, 1]; NaN where not measured (and in tables written before the column existed).
+    pub pgd_l2_accuracy: f64,
     /// How many distinct classes the model predicts on the test set: 1 means the run collapsed to a
     /// constant predictor (NaN in tables written before the column existed).
     pub predicted_classes: f64,
@@ -78,7 +82,7 @@ macro_rules! number_column {
 }
 
 /// The numeric columns, in file order (after `experiment` and `method`).
-const NUMBERS: [NumberColumn; 12] = [
+const NUMBERS: [NumberColumn; 13] = [
     number_column!(eps, f64),
     number_column!(seed, u64),
     number_column!(epoch, usize),
@@ -93,6 +97,10 @@ const NUMBERS: [NumberColumn; 12] = [
     NumberColumn {
         optional: true,
         ..number_column!(predicted_classes, f64)
+    },
+    NumberColumn {
+        optional: true,
+        ..number_column!(pgd_l2_accuracy, f64)
     },
 ];
 

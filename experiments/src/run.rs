@@ -200,6 +200,10 @@ pub struct Options {
     /// The tokenizer (`--tokenizer`: a tokenizer.json or a WordPiece vocabulary) instead of the
     /// model's.
     pub tokenizer: Option<PathBuf>,
+    /// FGM's objective instead of the experiment's (`--fgm-objective`).
+    pub fgm_objective: Option<Objective>,
+    /// Gradient penalty's weight as a multiple of eps instead of the experiment's (`--gp-scale`).
+    pub gp_scale: Option<f64>,
     /// The maximum sequence length (`--max-len`); `None`: the experiment's, or the 99th
     /// percentile of the training texts' token counts for the user's texts.
     pub max_len: Option<usize>,
@@ -314,7 +318,8 @@ pub struct Hyper {
     /// are averaged (equal weights) before the update. It bounds memory: double backward through
     /// MiniLM keeps about 2 MB per token per layer.
     pub micro_batch: usize,
-    /// Robust-accuracy attack radius (L-infinity), MNIST only.
+    /// Robust-accuracy attack radius (L-infinity), MNIST only; the L2 attack uses `eps`, the
+    /// training radius.
     pub attack_eps: f64,
     /// Gradient penalty's weight is `eps * gp_scale`.
     pub gp_scale: f64,
@@ -457,8 +462,8 @@ trait Task {
     -> Result<Step>;
     /// Accuracy on dev (`false`) or test (`true`).
     fn accuracy(&self, test: bool) -> Result<Evaluation>;
-    /// Test accuracy under FGSM and PGD-10, where the task measures it.
-    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>>;
+    /// Test accuracy under attack, where the task measures it.
+    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<Robust>>;
 }
 
 struct TextTask {
@@ -565,7 +570,7 @@ impl Task for TextTask {
         }
         Ok(evaluation)
     }
-    fn robust_accuracy(&self, _hyper: &Hyper) -> Result<Option<(f64, f64)>> {
+    fn robust_accuracy(&self, _hyper: &Hyper) -> Result<Option<Robust>> {
         Ok(None)
     }
 }
@@ -616,20 +621,25 @@ impl Task for ImageTask {
         }
         Ok(evaluation)
     }
-    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<(f64, f64)>> {
+    fn robust_accuracy(&self, hyper: &Hyper) -> Result<Option<Robust>> {
         let data = &self.data.test;
         let rows: Vec<usize> = (0..data.len()).collect();
-        let (mut fgsm, mut pgd) = (0, 0);
+        let mut correct = [0usize; 3];
         let mut rng = Rng::new(0);
+        // Every attack keeps the pixels in [0, 1]. FGSM and PGD-10 in the L-infinity ball of
+        // attack_eps; PGD-10 in the L2 ball of the training radius eps, per image, the threat model
+        // the methods trained against.
+        let attacks = [
+            Pgd::new(hyper.attack_eps, hyper.attack_eps, 1)?.with_norm(StepNorm::Sign),
+            Pgd::new(hyper.attack_eps, hyper.attack_eps / 4.0, 10)?.with_norm(StepNorm::Sign),
+            Pgd::new(hyper.eps, hyper.eps / 4.0, 10)?.with_norm(StepNorm::L2(Scope::PerExample)),
+        ];
         for chunk in rows.chunks(250) {
             let (x, labels) = self.batch(data, chunk)?;
             let target = Target::input(&x)?;
             let loss = |x: &Tensor| advtrain::fused::cross_entropy(&self.model.logits(x)?, &labels);
-            for (steps, alpha, correct) in [
-                (1, hyper.attack_eps, &mut fgsm),
-                (10, hyper.attack_eps / 4.0, &mut pgd),
-            ] {
-                let attack = Pgd::new(hyper.attack_eps, alpha, steps)?.with_norm(StepNorm::Sign);
+            for (attack, correct) in attacks.iter().zip(correct.iter_mut()) {
+                let attack = attack.with_range(0.0, 1.0)?;
                 // A confident model can have an exactly zero gradient on a chunk: no perturbation.
                 let batch = Batch::new(&target, &loss).with_check(GradientCheck::Finite);
                 let (delta, _) = attack.attack(&batch, &mut rng)?;
@@ -638,8 +648,21 @@ impl Task for ImageTask {
             }
         }
         let n = rows.len().max(1) as f64;
-        Ok(Some((fgsm as f64 / n, pgd as f64 / n)))
+        Ok(Some(Robust {
+            fgsm: correct[0] as f64 / n,
+            pgd: correct[1] as f64 / n,
+            pgd_l2: correct[2] as f64 / n,
+        }))
     }
+}
+
+/// Test accuracy under attack, pixels kept in [0, 1]: FGSM and PGD-10 in the L-infinity ball of
+/// `attack_eps`, and PGD-10 in the per-image L2 ball of the training radius.
+#[derive(Clone, Copy, Debug)]
+pub struct Robust {
+    pub fgsm: f64,
+    pub pgd: f64,
+    pub pgd_l2: f64,
 }
 
 /// The prepared data of an experiment, shared by its runs.
@@ -971,9 +994,12 @@ pub fn run_one(
     let Run { method, seed, .. } = run;
     // The GPU when the build has CUDA and one is present (cli::run says which), the CPU otherwise.
     let (device, _) = advtrain::device::select();
+    let preset = options.experiment.hyper();
     let hyper = Hyper {
         eps: run.eps,
-        ..options.experiment.hyper()
+        fgm_objective: options.fgm_objective.unwrap_or(preset.fgm_objective),
+        gp_scale: options.gp_scale.unwrap_or(preset.gp_scale),
+        ..preset
     };
     let task = build_task(prepared, method, &hyper, seed, &device)?;
     let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;
@@ -1071,8 +1097,9 @@ pub fn run_one(
             train_loss: total / count.max(1) as f64,
             dev_accuracy: task.accuracy(false)?.accuracy(),
             test_accuracy: test.accuracy(),
-            fgsm_accuracy: robust.map_or(f64::NAN, |r| r.0),
-            pgd_accuracy: robust.map_or(f64::NAN, |r| r.1),
+            fgsm_accuracy: robust.map_or(f64::NAN, |r| r.fgsm),
+            pgd_accuracy: robust.map_or(f64::NAN, |r| r.pgd),
+            pgd_l2_accuracy: robust.map_or(f64::NAN, |r| r.pgd_l2),
             passes_forward: passes.forward,
             passes_backward: passes.backward,
             seconds: started.elapsed().as_secs_f64(),
@@ -1103,7 +1130,10 @@ pub fn run_one(
                 row.train_loss,
                 row.dev_accuracy,
                 row.test_accuracy,
-                robust.map_or(String::new(), |(f, p)| format!(", fgsm {f:.4}, pgd {p:.4}")),
+                robust.map_or(String::new(), |r| format!(
+                    ", fgsm {:.4}, pgd {:.4}, pgd-l2 {:.4}",
+                    r.fgsm, r.pgd, r.pgd_l2
+                )),
                 row.seconds
             );
             // A hidden bar (no terminal, as in CI) prints nothing: say it on stdout instead.

@@ -151,3 +151,61 @@ fn bad_arguments_are_errors() {
         Err(Error::InvalidArgument { name: "eps", .. })
     ));
 }
+
+#[test]
+fn a_valid_range_keeps_the_attacked_point_inside_it_and_inside_the_ball() {
+    // Pixels in [0, 1], many at the edges, as in MNIST.
+    let x = advtrain::Rng::new(3)
+        .uniform(-0.5, 1.5, (4, 30), DType::F64, &Device::Cpu)
+        .unwrap()
+        .clamp(0.0, 1.0)
+        .unwrap();
+    let w = advtrain::Rng::new(4)
+        .normal((4, 30), DType::F64, &Device::Cpu)
+        .unwrap();
+    let loss = |x: &Tensor| (x * &w)?.sum_all()?.tanh();
+    let target = Target::input(&x).unwrap();
+    let batch = advtrain::Batch::new(&target, &loss);
+    let eps = 0.3;
+    let inside = |delta: &Tensor| {
+        let p: Vec<f64> = (&x + delta)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        p.iter().all(|v| (0.0..=1.0).contains(v))
+    };
+    let largest = |delta: &Tensor| {
+        delta
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let free = Pgd::new(eps, eps / 4.0, 5)
+        .unwrap()
+        .with_norm(StepNorm::Sign);
+    let (unbounded, _) = free.attack(&batch, &mut advtrain::Rng::new(1)).unwrap();
+    assert!(
+        !inside(&unbounded),
+        "the test needs points the attack pushes out"
+    );
+    let boxed = free.with_range(0.0, 1.0).unwrap();
+    let (delta, _) = boxed.attack(&batch, &mut advtrain::Rng::new(1)).unwrap();
+    assert!(inside(&delta) && largest(&delta) <= eps + 1e-12);
+    // FGSM with the same range.
+    let fgsm = Fgm::fgsm(eps).unwrap().with_range(0.0, 1.0).unwrap();
+    let g = target.loss_and_gradient(&loss).unwrap().gradient;
+    let step = fgsm.perturbation(&target, &g).unwrap();
+    assert!(inside(&step) && largest(&step) <= eps + 1e-12);
+    assert!(
+        largest(&step) > 0.9 * eps,
+        "entries away from the edges keep the full step"
+    );
+    assert!(Pgd::new(eps, 0.1, 1).unwrap().with_range(1.0, 0.0).is_err());
+}

@@ -32,6 +32,8 @@ fn options(out: &str, epochs: usize) -> Options {
         model: None,
         tokenizer: None,
         max_len: None,
+        fgm_objective: None,
+        gp_scale: None,
     }
 }
 
@@ -82,6 +84,7 @@ fn row(method: &str, seed: u64, epoch: usize, acc: f64) -> EpochRow {
         test_accuracy: acc,
         fgsm_accuracy: f64::NAN,
         pgd_accuracy: f64::NAN,
+        pgd_l2_accuracy: f64::NAN,
         passes_forward: 1,
         passes_backward: 1,
         seconds: 1.0,
@@ -219,6 +222,13 @@ fn the_command_line_rejects_what_it_does_not_know() {
     assert!(o.out_dir.ends_with("mnist-quick"));
     let full = parse(&args("thucnews")).unwrap();
     assert!(full.out_dir.ends_with("data/results/thucnews"));
+    // Matched weights: FGM's objective and gradient penalty's scale reach the methods' settings.
+    let matched = parse(&args("mnist --fgm-objective adversarial --gp-scale 0.5")).unwrap();
+    assert_eq!(
+        matched.fgm_objective,
+        Some(advtrain::Objective::AdversarialOnly)
+    );
+    assert_eq!(matched.gp_scale, Some(0.5));
     // Fine-tuning MiniLM: baseline, FGM and gradient penalty unless asked, one epoch.
     let rt = parse(&args("rotten-tomatoes")).unwrap();
     assert_eq!(
@@ -242,6 +252,8 @@ fn the_command_line_rejects_what_it_does_not_know() {
         "mnist --fast",
         "mnist --eps 0",
         "mnist --eps 0.1,x",
+        "mnist --fgm-objective sideways",
+        "mnist --gp-scale 0",
     ] {
         let e = parse(&args(bad)).unwrap_err().to_string();
         assert!(e.contains("fix: "), "{bad}: {e}");

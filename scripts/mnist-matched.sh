@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# FGM against gradient penalty at matched weights on MNIST, over a sweep of eps (book, "FGM and
+# gradient penalty", "Matching the weights"; issue: where in eps do the two part?):
+#   adversarial/             FGM on the adversarial loss alone   vs  gradient penalty at eps
+#   clean-plus-adversarial/  FGM on clean + adversarial          vs  gradient penalty at eps / 2
+# Both with the baseline. Robust accuracy in both threat models, pixels kept in [0, 1].
+#
+#   bash scripts/mnist-matched.sh OUT_DIR [SEEDS] [EPOCHS] [SUBSET]
+set -euo pipefail
+out=${1:-data/results/mnist-matched} seeds=${2:-2} epochs=${3:-5} subset=${4:-2000}
+common=(--seeds "$seeds" --epochs "$epochs" --subset "$subset" --eps 0.1,0.3,1,3)
+cargo run --release -- experiment mnist --methods baseline,fgm,gradient-penalty "${common[@]}" \
+  --fgm-objective adversarial --gp-scale 1 --out "$out/adversarial"
+cargo run --release -- experiment mnist --methods baseline,fgm,gradient-penalty "${common[@]}" \
+  --fgm-objective clean-plus-adversarial --gp-scale 0.5 --out "$out/clean-plus-adversarial"
