@@ -122,18 +122,12 @@ impl GradientPenalty {
         batch.check_gradient(&clean.gradient)?;
         let penalty = self.penalty(target, &clean.gradient)?;
         let objective = (&clean.loss + &penalty)?;
-        let mut grads = target.objective_gradients(&objective, &clean)?;
-        detach_all(&mut grads);
-        Ok(Step {
-            loss: objective.detach(),
-            clean_loss: clean.loss.detach(),
-            grads,
-            passes: Passes {
-                forward: 1,
-                backward: 2,
-                double_backward: 1,
-            },
-        })
+        let passes = Passes {
+            forward: 1,
+            backward: 2,
+            double_backward: 1,
+        };
+        Step::from_point_objective(target, &objective, &clean, passes)
     }
 
     fn step_finite_difference(&self, batch: &Batch, h: f64) -> Result<Step> {

@@ -17,7 +17,6 @@
 
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::estimate::{Estimate, scalar};
-use crate::grads::detach_all;
 use crate::method::{Batch, Method};
 use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step};
@@ -379,15 +378,12 @@ impl Method for Laplacian {
             Clean::PointGradient(point_gradient) => {
                 // Every weight's gradient of L + regulariser in one pass.
                 let objective = (&point_gradient.loss + regulariser)?;
-                let target = batch.target();
-                let mut grads = target.objective_gradients(&objective, &point_gradient)?;
-                detach_all(&mut grads);
-                Ok(Step {
-                    loss: objective.detach(),
-                    clean_loss: point_gradient.loss.detach(),
-                    grads,
-                    passes: self.passes(),
-                })
+                Step::from_point_objective(
+                    batch.target(),
+                    &objective,
+                    &point_gradient,
+                    self.passes(),
+                )
             }
             Clean::Loss(clean) => {
                 Step::from_objective(&(&clean + regulariser)?, &clean, self.passes())

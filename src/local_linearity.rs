@@ -20,7 +20,6 @@
 
 use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative, check_positive};
-use crate::grads::detach_all;
 use crate::method::{Batch, Method};
 use crate::norm::StepNorm;
 use crate::second_order;
@@ -218,18 +217,12 @@ impl Method for LocalLinearity {
         batch.check_gradient(&clean.gradient)?;
         let delta = self.attack_from(batch, &clean.loss.detach(), &clean.gradient.detach(), rng)?;
         let objective = self.objective_from(batch, &clean, &delta)?;
-        let mut grads = target.objective_gradients(&objective, &clean)?;
-        detach_all(&mut grads);
-        Ok(Step {
-            loss: objective.detach(),
-            clean_loss: clean.loss.detach(),
-            grads,
-            passes: Passes {
-                // The clean pass, the attack's steps, the perturbed pass; the objective's backward.
-                forward: 2 + self.config.steps,
-                backward: 2 + self.config.steps,
-                double_backward: 1,
-            },
-        })
+        // The clean pass, the attack's steps, the perturbed pass; the objective's backward.
+        let passes = Passes {
+            forward: 2 + self.config.steps,
+            backward: 2 + self.config.steps,
+            double_backward: 1,
+        };
+        Step::from_point_objective(target, &objective, &clean, passes)
     }
 }

@@ -138,6 +138,26 @@ impl Step {
         })
     }
 
+    /// The step that trains on `objective`, built from `clean`'s loss and point gradient (with their
+    /// graphs): every weight's gradient in one backward pass through the double-backward graph
+    /// ([`Target::objective_gradients`](crate::Target)), detached. Gradient penalty, the Laplacian
+    /// and the local-linearity regulariser end this way.
+    pub(crate) fn from_point_objective(
+        target: &crate::Target,
+        objective: &Tensor,
+        clean: &PointGradient,
+        passes: Passes,
+    ) -> Result<Step> {
+        let mut grads = target.objective_gradients(objective, clean)?;
+        detach_all(&mut grads);
+        Ok(Step {
+            loss: objective.detach(),
+            clean_loss: clean.loss.detach(),
+            grads,
+            passes,
+        })
+    }
+
     /// The same step with its loss and gradients multiplied by `factor` (e.g. 1 / accumulation steps).
     pub fn scaled(mut self, factor: f64) -> Result<Step> {
         crate::error::check_non_negative("factor", factor)?;

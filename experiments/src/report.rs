@@ -35,6 +35,48 @@ pub struct Summary {
     pub seconds_per_epoch: f64,
     /// Seeds whose final epoch predicts one class for every test example.
     pub collapsed: usize,
+    /// The difference to the baseline paired by seed (same initial weights and data order), with
+    /// a two-sided paired t-test; `None` for the baseline or with fewer than 2 shared seeds.
+    pub paired: Option<Paired>,
+}
+
+/// Final-epoch test accuracy minus the baseline's, paired by seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Paired {
+    /// Mean and standard deviation of the per-seed differences.
+    pub mean: f64,
+    pub std: f64,
+    pub seeds: usize,
+    /// `mean / (std / sqrt(seeds))`, and its two-sided p-value with `seeds - 1` degrees of freedom;
+    /// NaN when every seed's difference is the same (no spread to test against).
+    pub t: f64,
+    pub p: f64,
+}
+
+/// The paired t-test of `differences` (one per seed), or `None` for fewer than 2.
+pub fn paired_t_test(differences: &[f64]) -> Option<Paired> {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let n = differences.len();
+    if n < 2 {
+        return None;
+    }
+    let (mean, std) = mean_std(differences);
+    let se = std / (n as f64).sqrt();
+    let (t, p) = if se == 0.0 {
+        // Every seed moved by the same amount: no spread to weigh it against, so no test.
+        (f64::NAN, f64::NAN)
+    } else {
+        let t = mean / se;
+        let distribution = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("n >= 2 degrees");
+        (t, 2.0 * (1.0 - distribution.cdf(t.abs())))
+    };
+    Some(Paired {
+        mean,
+        std,
+        seeds: n,
+        t,
+        p,
+    })
 }
 
 /// Whether `r` belongs to the summary line of `method` at radius `eps` (`None`: any radius).
@@ -92,6 +134,24 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
                 pgd: mean_std(&finals((m, eps), |r| r.pgd_accuracy)),
                 pgd_l2: mean_std(&finals((m, eps), |r| r.pgd_l2_accuracy)),
                 seconds_per_epoch: mean_std(&epochs).0,
+                paired: (m != "baseline")
+                    .then(|| {
+                        let differences: Vec<f64> = rows
+                            .iter()
+                            .filter(|r| in_group(r, (m, eps)) && r.epoch == last)
+                            .filter_map(|r| {
+                                rows.iter()
+                                    .find(|b| {
+                                        in_group(b, ("baseline", None))
+                                            && b.epoch == last
+                                            && b.seed == r.seed
+                                    })
+                                    .map(|b| r.test_accuracy - b.test_accuracy)
+                            })
+                            .collect();
+                        paired_t_test(&differences)
+                    })
+                    .flatten(),
                 collapsed: finals((m, eps), |r| r.predicted_classes)
                     .iter()
                     .filter(|&&k| k == 1.0)
@@ -121,11 +181,12 @@ fn pct((mean, spread): (f64, f64), seeds: usize, sign: bool) -> String {
 
 /// The summary as a Markdown table (accuracies in percent).
 pub fn markdown(summary: &[Summary], robust: bool) -> String {
-    let mut out = String::from("| method | seeds | test accuracy | vs baseline |");
+    let mut out =
+        String::from("| method | seeds | test accuracy | vs baseline | paired by seed (t, p) |");
     out += if robust {
-        " FGSM accuracy | PGD-10 accuracy | L2 PGD-10 accuracy | s / epoch |\n|---|---|---|---|---|---|---|---|\n"
+        " FGSM accuracy | PGD-10 accuracy | L2 PGD-10 accuracy | s / epoch |\n|---|---|---|---|---|---|---|---|---|\n"
     } else {
-        " s / epoch |\n|---|---|---|---|---|\n"
+        " s / epoch |\n|---|---|---|---|---|---|\n"
     };
     let baseline_seeds = summary
         .iter()
@@ -141,7 +202,18 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
         } else {
             s.label.clone()
         };
-        out += &format!("| {label} | {n} | {} | {vs} |", pct(s.test, n, false));
+        let paired = s.paired.map_or("-".into(), |d| {
+            let test = if d.t.is_nan() {
+                "every seed the same: no test".to_string()
+            } else {
+                format!("t = {:.2}, p = {:.3}", d.t, d.p)
+            };
+            format!("{:+.2} ± {:.2} ({test})", 100.0 * d.mean, 100.0 * d.std)
+        });
+        out += &format!(
+            "| {label} | {n} | {} | {vs} | {paired} |",
+            pct(s.test, n, false)
+        );
         if robust {
             out += &format!(
                 " {} | {} | {} |",
@@ -176,7 +248,8 @@ pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
     };
     let text = format!(
         "Final-epoch test accuracy (%), mean ± standard deviation over seeds; the difference to the \
-         baseline ± its standard error.{threat} Produced by `{command}`.\n\n{}",
+         baseline ± its standard error; the difference paired by seed (same initial weights and \
+         data order) ± its standard deviation, with a two-sided paired t-test.{threat} Produced by `{command}`.\n\n{}",
         markdown(&summary, robust)
     );
     let write = |file: &str, contents: &str| -> Result<()> {

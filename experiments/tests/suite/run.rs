@@ -149,6 +149,36 @@ fn the_summary_compares_final_epochs_with_the_baseline() {
 }
 
 #[test]
+fn differences_are_paired_by_seed_with_a_t_test() {
+    // Seeds 1 and 2: fgm - baseline = 0.8 - 0.5 and 0.6 - 0.7, i.e. +0.3 and -0.1. With one degree
+    // of freedom t is Cauchy: p = 1 - 2 atan(t) / pi.
+    let rows = vec![
+        row("baseline", 1, 2, 0.5),
+        row("baseline", 2, 2, 0.7),
+        row("fgm", 1, 2, 0.8),
+        row("fgm", 2, 2, 0.6),
+    ];
+    let s = summarise(&rows);
+    assert!(s[0].paired.is_none());
+    let d = s[1].paired.unwrap();
+    assert_eq!(d.seeds, 2);
+    assert!((d.mean - 0.1).abs() < 1e-12);
+    assert!((d.std - 0.08f64.sqrt()).abs() < 1e-12);
+    assert!((d.t - 0.5).abs() < 1e-12);
+    let p = 1.0 - 2.0 * 0.5f64.atan() / std::f64::consts::PI;
+    assert!((d.p - p).abs() < 1e-9, "{} vs {p}", d.p);
+    let table = markdown(&s, false);
+    assert!(
+        table.contains("+10.00 ± 28.28 (t = 0.50, p = 0.705)"),
+        "{table}"
+    );
+    // Every seed gaining the same: no spread, no test; one seed: nothing to pair.
+    let same = advtrain_experiments::report::paired_t_test(&[0.02, 0.02]).unwrap();
+    assert!(same.t.is_nan() && same.p.is_nan() && (same.mean - 0.02).abs() < 1e-15);
+    assert!(advtrain_experiments::report::paired_t_test(&[0.1]).is_none());
+}
+
+#[test]
 fn one_seed_shows_no_spread() {
     let s = summarise(&[row("baseline", 1, 1, 0.5), row("fgm", 1, 1, 0.625)]);
     let table = markdown(&s, false);
