@@ -89,7 +89,7 @@ fn gelu_tanh_2<T: Real>(x: T) -> T {
 }
 
 /// `w f(x)` elementwise: a derivative times the incoming gradient, in one pass.
-fn scaled<T: Real>(x: &[T], w: &[T], f: impl Fn(T) -> T) -> Vec<T> {
+fn scaled<T: Real>(x: &[T], w: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     zip_map(x, w, |x, w| w * f(x))
 }
 

@@ -5,6 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cpu::erf::erf_f64;
 use candle_core::{CpuStorage, Layout, Tensor};
 use num_traits::Float;
+use rayon::prelude::*;
 
 /// f32 or f64, with the constants and special functions the kernels need.
 ///
@@ -185,39 +186,101 @@ fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-/// Applies `f` to every element, vectorised.
-pub(crate) fn map<T: Real>(v: &[T], f: impl Fn(T) -> T) -> Vec<T> {
-    vectorised(|| v.iter().map(|&x| f(x)).collect())
+/// Elements per task of a parallel kernel. Below twice this a kernel stays on the calling thread:
+/// a rayon task costs microseconds, the time to stream thousands of elements, so small tensors lose
+/// more to scheduling than a second thread saves. 2^14 is a first choice, not a tuned one (book,
+/// "Fused operations and speed", section "More than one core").
+pub(crate) const GRAIN: usize = 1 << 14;
+
+/// Whether `len` elements are worth splitting over the pool.
+fn parallel(len: usize) -> bool {
+    len >= 2 * GRAIN && rayon::current_num_threads() > 1
 }
 
-/// Applies `f(a, b)` to every pair of elements, vectorised.
-pub(crate) fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
-    vectorised(|| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect())
-}
-
-/// Applies `f(row, out)` to every row of length `n` (the last dimension).
-pub(crate) fn rows<T: Real>(v: &[T], n: usize, f: impl Fn(&[T], &mut [T])) -> Vec<T> {
+/// Applies `f` to every element, vectorised, in parallel chunks for a large `v`.
+pub(crate) fn map<T: Real>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    if !parallel(v.len()) {
+        return vectorised(|| v.iter().map(|&x| f(x)).collect());
+    }
     let mut out = vec![T::zero(); v.len()];
-    for (row, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        f(row, out);
+    out.par_chunks_mut(GRAIN)
+        .zip(v.par_chunks(GRAIN))
+        .for_each(|(out, v)| {
+            vectorised(|| {
+                for (o, &x) in out.iter_mut().zip(v) {
+                    *o = f(x);
+                }
+            })
+        });
+    out
+}
+
+/// Applies `f(a, b)` to every pair of elements, vectorised, in parallel chunks for large inputs.
+pub(crate) fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    if !parallel(a.len()) {
+        return vectorised(|| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect());
+    }
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(GRAIN)
+        .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
+        .for_each(|(out, (a, b))| {
+            vectorised(|| {
+                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            })
+        });
+    out
+}
+
+/// Rows of length `n` per parallel task: at least one, about [`GRAIN`] elements.
+fn rows_per_task(n: usize) -> usize {
+    (GRAIN / n.max(1)).max(1)
+}
+
+/// Applies `f(row, out)` to every row of length `n` (the last dimension), whole rows per task.
+pub(crate) fn rows<T: Real>(v: &[T], n: usize, f: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); v.len()];
+    let each = |v: &[T], out: &mut [T]| {
+        for (row, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            f(row, out);
+        }
+    };
+    if parallel(v.len()) {
+        let chunk = rows_per_task(n) * n;
+        out.par_chunks_mut(chunk)
+            .zip(v.par_chunks(chunk))
+            .for_each(|(out, v)| each(v, out));
+    } else {
+        each(v, &mut out);
     }
     out
 }
 
-/// Applies `f(a_row, b_row, out)` to every pair of rows of length `n`.
+/// Applies `f(a_row, b_row, out)` to every pair of rows of length `n`, whole rows per task.
 pub(crate) fn rows2<T: Real>(
     a: &[T],
     b: &[T],
     n: usize,
-    f: impl Fn(&[T], &[T], &mut [T]),
+    f: impl Fn(&[T], &[T], &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
-    for ((a, b), out) in a
-        .chunks_exact(n)
-        .zip(b.chunks_exact(n))
-        .zip(out.chunks_exact_mut(n))
-    {
-        f(a, b, out);
+    let each = |a: &[T], b: &[T], out: &mut [T]| {
+        for ((a, b), out) in a
+            .chunks_exact(n)
+            .zip(b.chunks_exact(n))
+            .zip(out.chunks_exact_mut(n))
+        {
+            f(a, b, out);
+        }
+    };
+    if parallel(a.len()) {
+        let chunk = rows_per_task(n) * n;
+        out.par_chunks_mut(chunk)
+            .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
+            .for_each(|(out, (a, b))| each(a, b, out));
+    } else {
+        each(a, b, &mut out);
     }
     out
 }

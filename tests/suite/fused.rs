@@ -393,3 +393,48 @@ fn backward_for_leaves_out_the_weights_and_keeps_the_point() {
     // The choice ends with the pass: a plain backward afterwards computes everything again.
     assert!(loss.backward().unwrap().get(w.as_tensor()).is_some());
 }
+
+#[test]
+fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() {
+    // 300 x 257 = 77,100 elements: above the kernels' parallel threshold (2 x 2^14), in whole rows of
+    // an odd length, so the row-wise ops (layer norm, softmax) split into uneven tasks. Each task
+    // does the serial arithmetic on its part, so values and gradients must be identical.
+    let x = points((300, 257), DType::F64);
+    let w = points((300, 257), DType::F64).affine(0.5, 0.1).unwrap();
+    type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
+    let ops: [(&str, Unary); 5] = [
+        ("gelu_erf", fused::gelu_erf),
+        ("gelu_tanh", fused::gelu_tanh),
+        ("layer_norm", |x| fused::layer_norm(x, None, None, 1e-5)),
+        ("softmax", fused::softmax_last_dim),
+        ("log_softmax", fused::log_softmax_last_dim),
+    ];
+    let in_pool = |threads: usize, op: Unary| -> (Vec<f64>, Vec<f64>) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            assert_eq!(rayon::current_num_threads(), threads);
+            let weighted = |x: &Tensor| (op(x)? * &w)?.sum_all();
+            let value = op(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let grad = gradient(&weighted, &x)
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (value, grad)
+        })
+    };
+    for (name, op) in ops {
+        let (one, two) = (in_pool(1, op), in_pool(2, op));
+        assert!(
+            one.0 == two.0,
+            "{name}: values differ between 1 and 2 threads"
+        );
+        assert!(
+            one.1 == two.1,
+            "{name}: gradients differ between 1 and 2 threads"
+        );
+    }
+}
