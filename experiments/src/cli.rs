@@ -107,9 +107,9 @@ pub struct ExperimentArgs {
     /// clue trains on the adversarial loss alone, as the seeds do).
     #[arg(long)]
     pub fgm_objective: Option<String>,
-    /// Gradient penalty's weight as a multiple of eps (default: the experiment's own, 1; clue 2).
-    /// FGM on clean + adversarial matches gradient penalty at 0.5 under Adam (book, "FGM and
-    /// gradient penalty", "Matching the weights").
+    /// Gradient penalty's weight as a multiple of eps (default: the experiment's own: 0.5, which
+    /// matches FGM on clean + adversarial under Adam; clue 2, the seeds'). Runs before 2026-12-02
+    /// used 1 (book, "FGM and gradient penalty", "Matching the weights").
     #[arg(long)]
     pub gp_scale: Option<f64>,
     /// Text experiments: the maximum sequence length in tokens; default: the experiment's for its

@@ -334,7 +334,9 @@ pub struct Hyper {
 }
 
 /// The settings the bundled experiments share: per-example L2 steps on each sentence's embedding
-/// output (or each image), FGM on clean + adversarial, gradient penalty `eps ||g||`.
+/// output (or each image), FGM on clean + adversarial, and gradient penalty `(eps / 2) ||g||`, the
+/// weight that matches that FGM under Adam (book, "FGM and gradient penalty", "Matching the
+/// weights"). Runs before 2026-12-02 used `eps ||g||` (`--gp-scale 1`), twice FGM's weight.
 const PER_EXAMPLE: Hyper = Hyper {
     eps: 0.0,
     sigma: 0.0,
@@ -342,7 +344,7 @@ const PER_EXAMPLE: Hyper = Hyper {
     batch: 0,
     micro_batch: 0,
     attack_eps: 0.0,
-    gp_scale: 1.0,
+    gp_scale: 0.5,
     matrix_target: false,
     fgm_objective: Objective::CleanPlusAdversarial,
     gp_norm: StepNorm::L2(Scope::PerExample),
