@@ -136,7 +136,8 @@ impl LocalLinearity {
     /// The gap `|L(x + delta) - L(x) - delta . grad L(x)|` at `delta` (values only).
     pub fn gap(&self, batch: &Batch, delta: &Tensor) -> Result<f64> {
         let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
-        let clean = target.loss_and_gradient(&loss_fn)?;
+        // The point's gradient only: no weight gradient is needed for a value.
+        let clean = target.point_gradient(&loss_fn)?;
         let at = target.loss_at(&loss_fn, delta)?;
         let gap = Self::signed_gap(&at, &clean.loss, delta, &clean.gradient)?;
         Ok(gap

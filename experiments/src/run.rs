@@ -254,12 +254,8 @@ pub enum TextSource {
 
 /// The 99th percentile of the texts' token counts (with the special tokens), at most `limit`:
 /// the maximum sequence length for the user's texts. Printed, so a run says what it chose.
-fn length_percentile(
-    texts: &TextDataset,
-    tokenizer: impl Fn(usize) -> Result<TextTokenizer>,
-    limit: usize,
-) -> Result<usize> {
-    let mut lengths: Vec<usize> = tokenizer(limit)?
+fn length_percentile(texts: &TextDataset, tokenizer_file: &Path, limit: usize) -> Result<usize> {
+    let mut lengths: Vec<usize> = load_tokenizer(tokenizer_file, limit)?
         .encode(&texts.texts)?
         .iter()
         .map(Vec::len)
@@ -636,12 +632,15 @@ impl Task for ImageTask {
             Pgd::new(hyper.attack_eps, hyper.attack_eps / 4.0, 10)?.with_norm(StepNorm::Sign),
             Pgd::new(hyper.eps, hyper.eps / 4.0, 10)?.with_norm(StepNorm::L2(Scope::PerExample)),
         ];
+        let attacks = attacks
+            .into_iter()
+            .map(|attack| attack.with_range(0.0, 1.0))
+            .collect::<Result<Vec<_>>>()?;
         for chunk in rows.chunks(250) {
             let (x, labels) = self.batch(data, chunk)?;
             let target = Target::input(&x)?;
             let loss = |x: &Tensor| advtrain::fused::cross_entropy(&self.model.logits(x)?, &labels);
             for (attack, correct) in attacks.iter().zip(correct.iter_mut()) {
-                let attack = attack.with_range(0.0, 1.0)?;
                 // A confident model can have an exactly zero gradient on a chunk: no perturbation.
                 let batch = Batch::new(&target, &loss).with_check(GradientCheck::Finite);
                 let (delta, _) = attack.attack(&batch, &mut rng)?;
@@ -831,9 +830,7 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     let limit = config.as_ref().map_or(512, BertConfig::max_tokens);
     let max_len = match (options.max_len, bundled_len) {
         (Some(n), _) | (None, Some(n)) => n,
-        (None, None) => {
-            length_percentile(&parts.train, |m| load_tokenizer(&tokenizer_file, m), limit)?
-        }
+        (None, None) => length_percentile(&parts.train, &tokenizer_file, limit)?,
     };
     if max_len > limit {
         return Err(Error::InvalidArgument {

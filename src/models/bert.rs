@@ -367,6 +367,9 @@ pub struct BertClassifier {
     pub mode: Mode,
 }
 
+/// A parameter and its name in the checkpoint's layout.
+type NamedVar = (String, Var);
+
 const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 
 fn embedding(vb: &VarBuilder, rows: usize, hidden: usize, name: &str) -> Result<Tensor> {
@@ -512,22 +515,12 @@ impl BertClassifier {
                     "use a BERT-family checkpoint (BERT, RoBERTa, MiniLM)",
                 )
             })?;
-        let mut used = 0;
-        let mut loaded = Loaded {
-            encoder: 0,
-            head: false,
-            unused: 0,
-        };
-        let head_names: Vec<(String, Var)> = self
+        let (head_vars, encoder_vars): (Vec<NamedVar>, Vec<NamedVar>) = self
             .params
             .named_vars()
             .into_iter()
-            .filter(|(name, _)| name.starts_with("classifier."))
-            .collect();
-        for (name, var) in self.params.named_vars() {
-            if name.starts_with("classifier.") {
-                continue;
-            }
+            .partition(|(name, _)| name.starts_with("classifier."));
+        for (name, var) in &encoder_vars {
             let mut names = vec![format!("{prefix}{name}")];
             if let Some(stem) = name.strip_suffix("LayerNorm.weight") {
                 names.push(format!("{prefix}{stem}LayerNorm.gamma"));
@@ -557,22 +550,22 @@ impl BertClassifier {
                 ));
             }
             var.set(&t.to_dtype(var.dtype())?)?;
-            loaded.encoder += 1;
-            used += 1;
         }
-        let head_tensors: Option<Vec<&Tensor>> = head_names
+        // The head only as a whole, and only at its shape (another task's head is left out).
+        let head_tensors: Option<Vec<&Tensor>> = head_vars
             .iter()
             .map(|(name, var)| tensors.get(name).filter(|t| t.dims() == var.dims()))
             .collect();
-        if let Some(head_tensors) = head_tensors {
-            for ((_, var), t) in head_names.iter().zip(head_tensors) {
-                var.set(&t.to_dtype(var.dtype())?)?;
-                used += 1;
-            }
-            loaded.head = true;
+        let head = head_tensors.is_some();
+        for ((_, var), t) in head_vars.iter().zip(head_tensors.unwrap_or_default()) {
+            var.set(&t.to_dtype(var.dtype())?)?;
         }
-        loaded.unused = tensors.len() - used;
-        Ok(loaded)
+        let used = encoder_vars.len() + if head { head_vars.len() } else { 0 };
+        Ok(Loaded {
+            encoder: encoder_vars.len(),
+            head,
+            unused: tensors.len() - used,
+        })
     }
 
     /// Writes `config.json` and `model.safetensors` (every weight, head included, no prefix) to
