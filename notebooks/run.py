@@ -47,6 +47,12 @@ class Execution:
         self.cell_of = {}  # message id of an execute_request -> cell index
         self.idle = set()  # message ids whose `idle` status arrived
         env = dict(os.environ)
+        # The allocator setting `cargo run`, `cargo test` and `cargo bench` get from .cargo/config.toml:
+        # the kernel is not started by cargo, and without it step times drift with the heap's history.
+        env.setdefault(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824",
+        )
         self.manager = KernelManager(kernel_name="rust")
         self.manager.start_kernel(cwd=folder, env=env)
         self.client = self.manager.client()

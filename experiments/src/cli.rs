@@ -2,7 +2,7 @@
 //! `--help` works for every command; an unknown command or flag prints usage and exits non-zero.
 
 use super::rows::EpochRow;
-use super::run::{Experiment, Method, Options, TextFile, TextSource};
+use super::run::{Experiment, Method, Options, Run, Selection, TextFile, TextSource};
 use advtrain::{Error, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -49,9 +49,19 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Radii for the methods that have one, comma-separated (several: a sweep, plotted as accuracy
-    /// against eps); default: the experiment's own.
+    /// against eps); default: the experiment's own. `auto`: each method's radius is chosen on the dev
+    /// set from --eps-grid by --selection-seeds seeds of their own, which the reported comparison
+    /// leaves out (written to selection.md).
     #[arg(long, value_delimiter = ',')]
-    pub eps: Vec<f64>,
+    pub eps: Vec<String>,
+    /// With `--eps auto`: the radii to choose from, comma-separated (default: the experiment's
+    /// radius times 1/4, 1/2, 1, 2 and 4).
+    #[arg(long, value_delimiter = ',')]
+    pub eps_grid: Vec<f64>,
+    /// With `--eps auto`: the seeds that choose each radius (numbered from 1001, so never one of the
+    /// reported seeds).
+    #[arg(long, default_value_t = 2)]
+    pub selection_seeds: usize,
     /// Examples drawn before the train/dev/test split (THUCNews: 5000 of 100000 unless given).
     #[arg(long)]
     pub subset: Option<usize>,
@@ -161,9 +171,7 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             .collect::<Result<_>>()?
     };
     advtrain::error::check_count("--seeds", args.seeds)?;
-    if let Some(bad_eps) = args.eps.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-        return Err(bad("--eps", format!("{bad_eps} is not a positive number")));
-    }
+    let (eps, selection) = radii(&args, experiment)?;
     if args.epochs == Some(0) {
         return Err(bad("--epochs", "must be at least 1".into()));
     }
@@ -259,9 +267,57 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
         data_dir: args.data,
         out_dir,
         verbose: true,
-        eps: args.eps,
+        eps,
+        selection,
         subset: args.subset,
     })
+}
+
+/// `--eps`, `--eps-grid` and `--selection-seeds`: fixed radii, or the grid `--eps auto` chooses from.
+fn radii(args: &ExperimentArgs, experiment: Experiment) -> Result<(Vec<f64>, Option<Selection>)> {
+    let positive = |flag: &'static str, values: &[f64]| match values
+        .iter()
+        .find(|e| !(e.is_finite() && **e > 0.0))
+    {
+        Some(bad_eps) => Err(bad(flag, format!("{bad_eps} is not a positive number"))),
+        None => Ok(()),
+    };
+    if args.eps.len() == 1 && args.eps[0] == "auto" {
+        advtrain::error::check_count("--selection-seeds", args.selection_seeds)?;
+        positive("--eps-grid", &args.eps_grid)?;
+        let grid = if args.eps_grid.is_empty() {
+            Selection::default_grid(experiment.hyper().eps)
+        } else {
+            args.eps_grid.clone()
+        };
+        return Ok((
+            Vec::new(),
+            Some(Selection {
+                grid,
+                seeds: args.selection_seeds,
+            }),
+        ));
+    }
+    if !args.eps_grid.is_empty() {
+        return Err(bad(
+            "--eps-grid",
+            "is the grid `--eps auto` chooses from; pass --eps auto with it".into(),
+        ));
+    }
+    let eps = args
+        .eps
+        .iter()
+        .map(|e| {
+            e.parse::<f64>().map_err(|_| {
+                bad(
+                    "--eps",
+                    format!("{e:?} is neither a number nor `auto` (which stands alone)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    positive("--eps", &eps)?;
+    Ok((eps, None))
 }
 
 /// Runs an experiment and returns the summary table as text.
@@ -269,13 +325,21 @@ pub fn run(options: &Options) -> Result<String> {
     println!(
         "experiment {}: {} runs ({} methods, {} seeds) x {} epochs{}, writing to {}",
         options.experiment.name(),
-        options.runs().len(),
+        options.selection_runs().len() + options.runs().len(),
         options.methods.len(),
         options.seeds,
         options.epochs,
         if options.quick { " (quick)" } else { "" },
         options.out_dir.display()
     );
+    if let Some(selection) = &options.selection {
+        println!(
+            "--eps auto: each radius chosen on dev from {:?} by seeds {}..={}, left out of the comparison",
+            selection.grid,
+            super::run::SELECTION_SEED_BASE + 1,
+            super::run::SELECTION_SEED_BASE + selection.seeds as u64
+        );
+    }
     println!("device: {}", advtrain::device::select().1);
     train_all(options)?;
     let summary = std::fs::read_to_string(options.out_dir.join("summary.md")).map_err(|e| {
@@ -290,33 +354,60 @@ pub fn run(options: &Options) -> Result<String> {
 }
 
 /// Runs every method over every seed; returns all rows and writes the results table, the summary
-/// and the figures under `options.out_dir`.
+/// and the figures under `options.out_dir`. With `--eps auto`, the selection runs come first: each
+/// method's radius is the one with the best mean final dev accuracy over the selection seeds
+/// (written to selection.md and selection.csv), and the reported seeds then run at it.
 pub fn train_all(options: &Options) -> Result<Vec<EpochRow>> {
     advtrain::error::check_count("--seeds", options.seeds)?;
     advtrain::error::check_count("--epochs", options.epochs)?;
     let prepared = super::run::prepare(options)?;
     let bars = indicatif::MultiProgress::new();
-    let runs = options.runs();
-    let overall = bars.add(indicatif::ProgressBar::new(runs.len() as u64));
+    let selecting = options.selection_runs();
+    let total = selecting.len() + options.runs().len();
+    let overall = bars.add(indicatif::ProgressBar::new(total as u64));
     overall.set_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs, {elapsed}")
             .expect("a valid template"),
     );
     overall.set_prefix(options.experiment.name());
-    let mut rows = Vec::new();
-    for run in runs {
-        let bar = bars.add(indicatif::ProgressBar::new(0));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "  [{bar:30}] {pos}/{len} batches {msg} ({eta})",
-            )
-            .expect("a valid template"),
-        );
-        rows.extend(super::run::run_one(options, &prepared, run, &bar)?);
-        bar.finish_and_clear();
-        overall.inc(1);
-    }
+    let train = |runs: Vec<Run>| -> Result<Vec<EpochRow>> {
+        let mut rows = Vec::new();
+        for run in runs {
+            let bar = bars.add(indicatif::ProgressBar::new(0));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  [{bar:30}] {pos}/{len} batches {msg} ({eta})",
+                )
+                .expect("a valid template"),
+            );
+            rows.extend(super::run::run_one(options, &prepared, run, &bar)?);
+            bar.finish_and_clear();
+            overall.inc(1);
+        }
+        Ok(rows)
+    };
+    let (runs, note) = match &options.selection {
+        None => (options.runs(), None),
+        Some(selection) => {
+            let rows = train(selecting)?;
+            let chosen = super::report::write_selection(options, selection, &rows)?;
+            let note = chosen
+                .iter()
+                .map(|(m, e)| format!("{} {e}", m.name()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let note = format!(
+                "Radii chosen by `--eps auto` on the dev set from {:?}, by seeds {}-{}, which this \
+                 table leaves out (selection.md): {note}.",
+                selection.grid,
+                super::run::SELECTION_SEED_BASE + 1,
+                super::run::SELECTION_SEED_BASE + selection.seeds as u64
+            );
+            (options.runs_at(&chosen), Some(note))
+        }
+    };
+    let rows = train(runs)?;
     overall.finish();
-    super::report::write_all(options, &rows)?;
+    super::report::write_all(options, &rows, note.as_deref())?;
     Ok(rows)
 }

@@ -3,7 +3,7 @@
 //! to the baseline with its standard error) and the figures. Book: "Experiments".
 
 use super::rows::{EpochRow, file_error, write_rows};
-use super::run::{Method, Options};
+use super::run::{Method, Options, Selection};
 use advtrain::Result;
 
 /// Mean and sample standard deviation.
@@ -227,9 +227,90 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
     out
 }
 
-/// Writes results.csv, summary.md and the figures (learning curves, final accuracy per method, and
-/// accuracy against eps where the table holds a sweep) under `options.out_dir`.
-pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
+/// One radius tried by `--eps auto`: its mean and standard deviation of the final-epoch dev accuracy
+/// over the selection seeds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tried {
+    pub eps: f64,
+    pub dev: (f64, f64),
+    pub seeds: usize,
+}
+
+/// `--eps auto`'s choice for `method` from its selection rows: the radius with the best mean
+/// final-epoch dev accuracy (a tie goes to the smaller radius), and every radius tried, smallest
+/// first. `None` when `rows` holds no run of `method`.
+pub fn select_radius(rows: &[EpochRow], method: &str) -> Option<(f64, Vec<Tried>)> {
+    let mine: Vec<&EpochRow> = rows.iter().filter(|r| r.method == method).collect();
+    let last = mine.iter().map(|r| r.epoch).max()?;
+    let mut radii: Vec<f64> = mine.iter().map(|r| r.eps).collect();
+    radii.sort_by(f64::total_cmp);
+    radii.dedup();
+    let tried: Vec<Tried> = radii
+        .iter()
+        .map(|&eps| {
+            let dev: Vec<f64> = mine
+                .iter()
+                .filter(|r| r.eps == eps && r.epoch == last)
+                .map(|r| r.dev_accuracy)
+                .collect();
+            Tried {
+                eps,
+                dev: mean_std(&dev),
+                seeds: dev.len(),
+            }
+        })
+        .collect();
+    let best = tried
+        .iter()
+        .fold(None::<&Tried>, |best, t| match best {
+            Some(b) if b.dev.0 >= t.dev.0 => Some(b),
+            _ => Some(t),
+        })?;
+    Some((best.eps, tried))
+}
+
+/// Writes `--eps auto`'s selection runs (selection.csv) and its choices (selection.md) under
+/// `options.out_dir`, and returns the chosen radius of each method that has one.
+pub fn write_selection(
+    options: &Options,
+    selection: &Selection,
+    rows: &[EpochRow],
+) -> Result<Vec<(Method, f64)>> {
+    let out = &options.out_dir;
+    write_rows(&out.join("selection.csv"), rows)?;
+    let mut text = format!(
+        "`--eps auto`: final-epoch dev accuracy (%), mean ± standard deviation over the selection \
+         seeds {}-{}, which the reported comparison (summary.md) leaves out. Each method runs at \
+         the radius marked chosen.\n\n| method | eps | seeds | dev accuracy | |\n|---|---|---|---|---|\n",
+        super::run::SELECTION_SEED_BASE + 1,
+        super::run::SELECTION_SEED_BASE + selection.seeds as u64,
+    );
+    let mut chosen = Vec::new();
+    for &method in options.methods.iter().filter(|m| m.uses_eps()) {
+        let Some((eps, tried)) = select_radius(rows, method.name()) else {
+            continue;
+        };
+        for t in tried {
+            text += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                method.name(),
+                t.eps,
+                t.seeds,
+                pct(t.dev, t.seeds, false),
+                if t.eps == eps { "chosen" } else { "" }
+            );
+        }
+        chosen.push((method, eps));
+    }
+    let path = out.join("selection.md");
+    std::fs::write(&path, text).map_err(|e| file_error(&path, e))?;
+    Ok(chosen)
+}
+
+/// Writes results.csv, summary.md (with `note` after its first paragraph) and the figures (learning
+/// curves, final accuracy per method, and accuracy against eps where the table holds a sweep) under
+/// `options.out_dir`.
+pub fn write_all(options: &Options, rows: &[EpochRow], note: Option<&str>) -> Result<()> {
     let out = &options.out_dir;
     write_rows(&out.join("results.csv"), rows)?;
     let summary = summarise(rows);
@@ -249,7 +330,8 @@ pub fn write_all(options: &Options, rows: &[EpochRow]) -> Result<()> {
     let text = format!(
         "Final-epoch test accuracy (%), mean ± standard deviation over seeds; the difference to the \
          baseline ± its standard error; the difference paired by seed (same initial weights and \
-         data order) ± its standard deviation, with a two-sided paired t-test.{threat} Produced by `{command}`.\n\n{}",
+         data order) ± its standard deviation, with a two-sided paired t-test.{threat} Produced by `{command}`.\n\n{}{}",
+        note.map_or(String::new(), |n| format!("{n}\n\n")),
         markdown(&summary, robust)
     );
     let write = |file: &str, contents: &str| -> Result<()> {

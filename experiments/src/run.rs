@@ -187,6 +187,8 @@ pub struct Options {
     pub verbose: bool,
     /// Radii to run the methods that have one at (`--eps`); empty: the experiment's default.
     pub eps: Vec<f64>,
+    /// `--eps auto`: each method's radius chosen on dev by seeds of its own ([`Selection`]).
+    pub selection: Option<Selection>,
     /// How many examples to draw (fixed seed) before the split (`--subset`); `None`: the
     /// experiment's default for the mode ([`Experiment::default_subset`]).
     pub subset: Option<usize>,
@@ -280,8 +282,35 @@ pub struct Run {
     pub seed: u64,
 }
 
+/// The seeds of `--eps auto`'s selection runs are numbered from here: 1001, 1002, ..., never one of
+/// the reported seeds 1..=`--seeds`.
+pub const SELECTION_SEED_BASE: u64 = 1000;
+
+/// `--eps auto`: the radii tried, and how many seeds of their own try each on the dev set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub grid: Vec<f64>,
+    pub seeds: usize,
+}
+
+impl Selection {
+    /// The default grid: the experiment's radius times 1/4, 1/2, 1, 2 and 4.
+    pub fn default_grid(eps: f64) -> Vec<f64> {
+        [0.25, 0.5, 1.0, 2.0, 4.0]
+            .iter()
+            .map(|f| {
+                let e: f64 = f * eps;
+                // Short decimals for folder names and tables (0.0075, not 0.007499999999999999).
+                (e * 1e12).round() / 1e12
+            })
+            .collect()
+    }
+}
+
 impl Options {
     /// Every run, in table order: each method, at each radius where it has one, with each seed.
+    /// With `--eps auto` ([`Options::selection`]) these are the runs at the experiment's default
+    /// radius; the reported runs come from [`Options::runs_at`] once the radii are chosen.
     pub fn runs(&self) -> Vec<Run> {
         let default = [self.experiment.hyper().eps];
         let mut runs = Vec::new();
@@ -295,6 +324,44 @@ impl Options {
                 for seed in 1..=self.seeds as u64 {
                     runs.push(Run { method, eps, seed });
                 }
+            }
+        }
+        runs
+    }
+
+    /// `--eps auto`'s selection runs: every method with a radius, at every radius of the grid, with
+    /// each selection seed; empty without `--eps auto`.
+    pub fn selection_runs(&self) -> Vec<Run> {
+        let Some(selection) = &self.selection else {
+            return Vec::new();
+        };
+        let mut runs = Vec::new();
+        for &method in self.methods.iter().filter(|m| m.uses_eps()) {
+            for &eps in &selection.grid {
+                for k in 1..=selection.seeds as u64 {
+                    runs.push(Run {
+                        method,
+                        eps,
+                        seed: SELECTION_SEED_BASE + k,
+                    });
+                }
+            }
+        }
+        runs
+    }
+
+    /// The reported runs at the chosen radii (`(method, eps)`; a method without a radius runs at the
+    /// experiment's default), with the seeds 1..=`seeds`.
+    pub fn runs_at(&self, chosen: &[(Method, f64)]) -> Vec<Run> {
+        let default = self.experiment.hyper().eps;
+        let mut runs = Vec::new();
+        for &method in &self.methods {
+            let eps = chosen
+                .iter()
+                .find(|(m, _)| *m == method)
+                .map_or(default, |(_, e)| *e);
+            for seed in 1..=self.seeds as u64 {
+                runs.push(Run { method, eps, seed });
             }
         }
         runs

@@ -34,6 +34,7 @@ fn options(out: &str, epochs: usize) -> Options {
         max_len: None,
         fgm_objective: None,
         gp_scale: None,
+        selection: None,
     }
 }
 
@@ -558,4 +559,93 @@ fn the_text_experiments_run_on_the_users_labelled_texts() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("--texts") && e.contains("fix: "), "{e}");
+}
+
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn eps_auto_takes_the_best_mean_dev_accuracy_and_a_tie_goes_to_the_smaller_radius() {
+    use advtrain_experiments::report::select_radius;
+    let at = |eps: f64, seed: u64, epoch: usize, dev: f64| EpochRow {
+        eps,
+        dev_accuracy: dev,
+        ..row("fgm", seed, epoch, 0.0)
+    };
+    // The final epoch decides: 0.1 leads after epoch 1 and falls behind by epoch 2.
+    let rows = vec![
+        at(0.1, 1001, 1, 0.9),
+        at(0.1, 1002, 1, 0.9),
+        at(0.1, 1001, 2, 0.6),
+        at(0.1, 1002, 2, 0.7),
+        at(0.01, 1001, 1, 0.5),
+        at(0.01, 1002, 1, 0.5),
+        at(0.01, 1001, 2, 0.8),
+        at(0.01, 1002, 2, 0.6),
+        at(1.0, 1001, 2, 0.7),
+        at(1.0, 1002, 2, 0.7),
+    ];
+    let (chosen, tried) = select_radius(&rows, "fgm").unwrap();
+    assert_eq!(chosen, 0.01);
+    let radii: Vec<f64> = tried.iter().map(|t| t.eps).collect();
+    assert_eq!(radii, [0.01, 0.1, 1.0]);
+    assert!((tried[1].dev.0 - 0.65).abs() < 1e-12 && tried[1].seeds == 2);
+    // 0.01 and 1.0 tie at 0.7: the smaller wins.
+    assert_eq!(select_radius(&rows, "fgm").unwrap().0, 0.01);
+    assert!(select_radius(&rows, "vat").is_none());
+}
+
+#[test]
+fn eps_auto_chooses_on_dev_with_seeds_the_comparison_leaves_out() {
+    use advtrain_experiments::cli::train_all;
+    use advtrain_experiments::report::select_radius;
+    use advtrain_experiments::rows::read_rows;
+    // The flags' errors name the flag.
+    for (line, flag) in [
+        ("mnist --eps auto,0.1", "--eps"),
+        ("mnist --eps 0.1 --eps-grid 0.1,1", "--eps-grid"),
+        ("mnist --eps auto --eps-grid 0.1,0", "--eps-grid"),
+        ("mnist --eps auto --selection-seeds 0", "--selection-seeds"),
+    ] {
+        let e = parse(&args(line)).unwrap_err().to_string();
+        assert!(e.contains(flag) && e.contains("fix: "), "{line}: {e}");
+    }
+    let o = parse(&args("mnist --eps auto")).unwrap();
+    let selection = o.selection.clone().unwrap();
+    assert_eq!(selection.grid, [0.25, 0.5, 1.0, 2.0, 4.0]); // MNIST's radius is 1
+    assert_eq!(selection.seeds, 2);
+    assert!(o.eps.is_empty());
+
+    // One epoch of MNIST's quick set: FGM at two radii with one selection seed, then seed 1.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = std::env::temp_dir().join(format!("advtrain-eps-auto-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let options = parse(&args(&format!(
+        "mnist --quick --seeds 1 --epochs 1 --methods baseline,fgm --eps auto --eps-grid 0.3,3 \
+         --selection-seeds 1 --data {root}/data --out {}",
+        out.display()
+    )))
+    .unwrap();
+    assert_eq!(options.selection_runs().len(), 2);
+    let reported = train_all(&options).unwrap();
+    let selection = read_rows(&out.join("selection.csv")).unwrap();
+    assert!(selection.iter().all(|r| r.seed == 1001 && r.method == "fgm"));
+    let mut radii: Vec<f64> = selection.iter().map(|r| r.eps).collect();
+    radii.sort_by(f64::total_cmp);
+    assert_eq!(radii, [0.3, 3.0]);
+    // The choice is the better dev accuracy of the two (the smaller radius on a tie), and the
+    // reported runs use it with seed 1 only.
+    let (low, high) = (&selection[0], &selection[1]);
+    let (low, high) = if low.eps < high.eps { (low, high) } else { (high, low) };
+    let expected = if high.dev_accuracy > low.dev_accuracy { high.eps } else { low.eps };
+    assert_eq!(select_radius(&selection, "fgm").unwrap().0, expected);
+    assert!(reported.iter().all(|r| r.seed == 1));
+    assert!(reported.iter().filter(|r| r.method == "fgm").all(|r| r.eps == expected));
+    assert_eq!(reported.len(), 2);
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("--eps auto") && summary.contains(&format!("fgm {expected}")), "{summary}");
+    let chosen = std::fs::read_to_string(out.join("selection.md")).unwrap();
+    assert_eq!(chosen.matches("| chosen |").count(), 1, "{chosen}");
+    let _ = std::fs::remove_dir_all(&out);
 }
