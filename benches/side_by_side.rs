@@ -6,7 +6,15 @@
 //! * `mlp`: 512-512-512-10, GELU (erf), softmax cross-entropy, batch 256, input target;
 //! * `embedding`: vocabulary 5,000, width 128, 32 tokens, batch 32; two pre-norm transformer blocks
 //!   (single-head self-attention, feed-forward 128-512-128 with GELU), a final layer norm, masked mean
-//!   pool, 10 classes; FGM and the rest act on the embedding output.
+//!   pool, 10 classes; FGM and the rest act on the embedding output;
+//! * `cnn`: the experiments' MNIST model, [`advtrain::models::Cnn`] (two 5x5 stride-2 convolutions
+//!   16 and 32 wide with GELU, a dense classifier), 28 x 28 images, batch 64, input target;
+//! * `minilm`: a MiniLM-sized encoder, [`advtrain::models::BertClassifier`] with
+//!   [`BertConfig::minilm`] (6 post-norm layers, width 384, 12 heads, feed-forward 1,536, GELU),
+//!   random weights, 64 tokens, batch 32 (`MINILM_BATCH` overrides it), mean pooling, 10 classes;
+//!   the methods act on the word-embedding output.
+//!
+//! The last two are the library's own models, on the fused ops only: they run as variant `fused`.
 //!
 //! Steps: `plain` (loss and the weights' gradients), `fgm` (eps 0.5, clean + adversarial),
 //! `gradient_penalty` (eps 0.5, double backward), `hutchinson_1` (sigma 0.1, one Rademacher probe,
@@ -20,6 +28,7 @@
 //! turn. Without, `cargo bench --bench side_by_side` prints advtrain's own table (candle vs fused).
 
 use advtrain::init::SeededVarMap;
+use advtrain::models::{BertClassifier, BertConfig, Cnn, Head, Pooling};
 use advtrain::{Batch, Method};
 use advtrain::{Fgm, GradientPenalty, Laplacian, Rng, Target, fused, ops};
 use candle_core::{DType, Device, Module, Tensor};
@@ -258,9 +267,68 @@ fn step(
     Ok(step.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?)
 }
 
+/// The experiments' CNN on a batch of random images.
+struct Images {
+    model: Cnn,
+    x: Tensor,
+    y: Tensor,
+}
+
+impl Images {
+    fn new(rng: &mut Rng) -> Result<Self> {
+        Ok(Self {
+            model: Cnn::new(3, 10, DType::F32, &Device::Cpu)?,
+            x: rng.uniform(0.0, 1.0, (64, Cnn::SIDE * Cnn::SIDE), DType::F32, &Device::Cpu)?,
+            y: labels(64, rng)?,
+        })
+    }
+}
+
+/// The MiniLM-sized encoder on a batch of random ids, padded to 64 tokens.
+struct Encoder {
+    model: BertClassifier,
+    ids: Tensor,
+    mask: Tensor,
+    y: Tensor,
+}
+
+impl Encoder {
+    fn new(rng: &mut Rng) -> Result<Self> {
+        let batch = std::env::var("MINILM_BATCH")
+            .ok()
+            .and_then(|b| b.parse::<usize>().ok())
+            .unwrap_or(32);
+        let tokens = 64;
+        let config = BertConfig::minilm();
+        let vocab = config.vocab_size;
+        let head = Head {
+            classes: 10,
+            pooling: Pooling::Mean,
+        };
+        let model = BertClassifier::new(config, head, 4, DType::F32, &Device::Cpu)?;
+        let mut ids = vec![0u32; batch * tokens];
+        let mut mask = vec![0f32; batch * tokens];
+        for row in 0..batch {
+            let length = 1 + (rng.uniform_f64(0.0, tokens as f64) as usize).min(tokens - 1);
+            for t in 0..length {
+                ids[row * tokens + t] = 1 + rng.uniform_f64(0.0, (vocab - 1) as f64) as u32;
+                mask[row * tokens + t] = 1.0;
+            }
+        }
+        Ok(Self {
+            model,
+            ids: Tensor::from_vec(ids, (batch, tokens), &Device::Cpu)?,
+            mask: Tensor::from_vec(mask, (batch, tokens), &Device::Cpu)?,
+            y: labels(batch, rng)?,
+        })
+    }
+}
+
 struct Bench {
     mlp: Mlp,
     embedding: Embedding,
+    cnn: Option<Images>,
+    minilm: Option<Encoder>,
     rng: Rng,
     _params: SeededVarMap,
 }
@@ -273,12 +341,35 @@ impl Bench {
         Ok(Self {
             mlp: Mlp::new(&vb, &mut rng)?,
             embedding: Embedding::new(&vb, &mut rng)?,
+            cnn: None,
+            minilm: None,
             rng,
             _params: params,
         })
     }
 
+    /// The library's models are built on first use (MiniLM's embedding matrix alone is 47 MB).
+    fn library_model(&mut self, model: &str, variant: &str) -> Result<()> {
+        if variant != "fused" {
+            return Err(advtrain::Error::InvalidArgument {
+                name: "variant",
+                reason: format!("{model} is a library model, on the fused ops only"),
+                fix: "ask for variant fused".into(),
+            });
+        }
+        if model == "cnn" && self.cnn.is_none() {
+            self.cnn = Some(Images::new(&mut self.rng)?);
+        }
+        if model == "minilm" && self.minilm.is_none() {
+            self.minilm = Some(Encoder::new(&mut self.rng)?);
+        }
+        Ok(())
+    }
+
     fn run(&mut self, model: &str, variant: &str, method: &str) -> Result<f32> {
+        if let "cnn" | "minilm" = model {
+            self.library_model(model, variant)?;
+        }
         let ops = ops(variant).ok_or_else(|| advtrain::Error::InvalidArgument {
             name: "variant",
             reason: format!("unknown variant {variant}"),
@@ -297,10 +388,33 @@ impl Bench {
                 let target = Target::embedding_output(&e, Some(&model.mask))?;
                 step(method, &target, &loss, &mut self.rng)
             }
+            "cnn" => {
+                let images = self.cnn.as_ref().expect("built above");
+                let loss = |x: &Tensor| {
+                    fused::cross_entropy(
+                        &images.model.logits(x).map_err(candle_core::Error::from)?,
+                        &images.y,
+                    )
+                };
+                step(method, &Target::input(&images.x)?, &loss, &mut self.rng)
+            }
+            "minilm" => {
+                let encoder = self.minilm.as_ref().expect("built above");
+                let loss = |e: &Tensor| {
+                    let logits = encoder
+                        .model
+                        .logits_from_embeddings(e, &encoder.mask)
+                        .map_err(candle_core::Error::from)?;
+                    fused::cross_entropy(&logits, &encoder.y)
+                };
+                let e = encoder.model.embed(&encoder.ids)?;
+                let target = Target::embedding_output(&e, Some(&encoder.mask))?;
+                step(method, &target, &loss, &mut self.rng)
+            }
             other => Err(advtrain::Error::InvalidArgument {
                 name: "model",
                 reason: format!("unknown model {other}"),
-                fix: "mlp or embedding".into(),
+                fix: "mlp, embedding, cnn or minilm".into(),
             }),
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side speed benchmark: advtrain against JAX on the same models and steps, in one run.
 #
-#   bash scripts/side-by-side.sh [--rounds N] [--steps N] [--threads 1,2] [--out FILE]
+#   bash scripts/side-by-side.sh [--rounds N] [--steps N] [--threads 1,2] [--models mlp,embedding,cnn,minilm] [--out FILE]
 #
 # Installs JAX (pinned, CPU) from PyPI into target/jax-venv on first use, builds the advtrain side
 # (benches/side_by_side.rs), then runs scripts/side_by_side.py, which asks both in turn for the same

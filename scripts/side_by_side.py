@@ -12,7 +12,9 @@ import statistics
 import subprocess
 import sys
 
-MODELS = ["mlp", "embedding"]
+MODELS = ["mlp", "embedding", "cnn", "minilm"]
+# The library's own models (advtrain::models) run on the fused ops only: no candle-ops variant.
+LIBRARY_MODELS = {"cnn", "minilm"}
 METHODS = ["plain", "fgm", "gradient_penalty", "hutchinson_1"]
 FIRST_ORDER = ["plain", "fgm"]
 # Goals, as ratios: the plain step to JAX's (MLP, one thread), then each method to its plain step.
@@ -57,7 +59,7 @@ class Worker:
         self.process.wait()
 
 
-def measure(rust, jax, threads, rounds, steps, tuned_malloc):
+def measure(rust, jax, threads, rounds, steps, tuned_malloc, models):
     """Median ms per step for (model, method, side), side in jax / candle / fused."""
     workers = {
         "jax": Worker("JAX", jax, threads, tuned_malloc=tuned_malloc),
@@ -77,22 +79,24 @@ def measure(rust, jax, threads, rounds, steps, tuned_malloc):
         ("fused", "advtrain", "fused"),
         ("first-order", "first-order", "fused"),
     ]
-    cells = [(m, k) for m in MODELS for k in METHODS]
+    cells = [(m, k) for m in models for k in METHODS]
 
-    def applies(side, method):
+    def applies(side, model, method):
+        if side == "candle" and model in LIBRARY_MODELS:
+            return False
         return side != "first-order" or method in FIRST_ORDER
 
-    times = {(m, k, s): [] for m, k in cells for s, _, _ in sides if applies(s, k)}
+    times = {(m, k, s): [] for m, k in cells for s, _, _ in sides if applies(s, m, k)}
     for model, method in cells:  # warm-up: JAX compiles, both allocate
         for side, worker, variant in sides:
-            if applies(side, method):
+            if applies(side, model, method):
                 workers[worker].ask(f"{model} {variant} {method} 2")
     for r in range(rounds):
         for i in range(len(cells)):
             model, method = cells[(i + r) % len(cells)]
             for j in range(len(sides)):
                 side, worker, variant = sides[(j + r) % len(sides)]
-                if applies(side, method):
+                if applies(side, model, method):
                     ms = workers[worker].ask(f"{model} {variant} {method} {steps}")
                     times[(model, method, side)].append(ms / steps)
         print(f"  {threads} thread(s): round {r + 1}/{rounds}", file=sys.stderr, flush=True)
@@ -101,7 +105,7 @@ def measure(rust, jax, threads, rounds, steps, tuned_malloc):
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def report(medians, threads, rounds, steps, tuned_malloc):
+def report(medians, threads, rounds, steps, tuned_malloc, models):
     malloc = "glibc malloc tuned (GLIBC_TUNABLES)" if tuned_malloc else "glibc malloc as is"
     lines = [
         f"### {threads} thread(s): median ms per step over {rounds} rounds of {steps} steps, "
@@ -111,18 +115,20 @@ def report(medians, threads, rounds, steps, tuned_malloc):
         "off | fused / JAX | JAX: x plain | advtrain fused: x plain |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for model in MODELS:
+    for model in models:
         for method in METHODS:
-            jax, candle, fused = (medians[(model, method, s)] for s in ("jax", "candle", "fused"))
+            jax, fused = (medians[(model, method, s)] for s in ("jax", "fused"))
+            candle = medians.get((model, method, "candle"))
+            candle = "-" if candle is None else f"{candle:.2f}"
             jax_plain = medians[(model, "plain", "jax")]
             fused_plain = medians[(model, "plain", "fused")]
             first = medians.get((model, method, "first-order"))
             first = "-" if first is None else f"{first:.2f}"
             lines.append(
-                f"| {model} | {method} | {jax:.2f} | {candle:.2f} | {fused:.2f} | {first} | "
+                f"| {model} | {method} | {jax:.2f} | {candle} | {fused:.2f} | {first} | "
                 f"{fused / jax:.2f} | {jax / jax_plain:.2f}x | {fused / fused_plain:.2f}x |"
             )
-    if threads == 1:
+    if threads == 1 and "mlp" in models:
         lines += ["", "Goals (MLP, one thread):", ""]
         plain = medians[("mlp", "plain", "fused")] / medians[("mlp", "plain", "jax")]
         met = "met" if plain <= PLAIN_GOAL else "not met"
@@ -143,6 +149,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=2, help="steps per timed request")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated, of " + ", ".join(MODELS),
+    )
     parser.add_argument("--out", help="also write the tables to this markdown file")
     parser.add_argument(
         "--default-malloc",
@@ -153,10 +164,15 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     rust = [args.rust, "--worker"]
     jax = [args.python, os.path.join(here, "side_by_side_jax.py")]
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        sys.exit(f"unknown model(s) {unknown}: use {', '.join(MODELS)}")
     sections = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        medians = measure(rust, jax, threads, args.rounds, args.steps, not args.default_malloc)
-        sections.append(report(medians, threads, args.rounds, args.steps, not args.default_malloc))
+        tuned = not args.default_malloc
+        medians = measure(rust, jax, threads, args.rounds, args.steps, tuned, models)
+        sections.append(report(medians, threads, args.rounds, args.steps, tuned, models))
         print(sections[-1] + "\n", flush=True)
     if args.out:
         with open(args.out, "w") as f:

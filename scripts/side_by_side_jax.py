@@ -111,6 +111,107 @@ def embedding_model(key):
     return params, loss, (batch, tokens, WIDTH), mask[:, :, None]
 
 
+def conv(layer, x):
+    """A 5x5 stride-2 convolution with padding 2, NCHW, as candle's conv2d in advtrain::models::Cnn."""
+    y = jax.lax.conv_general_dilated(
+        x, layer["w"], (2, 2), ((2, 2), (2, 2)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
+    return y + layer["b"][None, :, None, None]
+
+
+def conv_params(key, channels_in, channels_out):
+    bound = 1.0 / (channels_in * 25) ** 0.5
+    k1, k2 = jax.random.split(key)
+    return {
+        "w": jax.random.uniform(k1, (channels_out, channels_in, 5, 5), jnp.float32, -bound, bound),
+        "b": jax.random.uniform(k2, (channels_out,), jnp.float32, -bound, bound),
+    }
+
+
+def cnn_model(key):
+    """The experiments' MNIST CNN: 28x28 -> 16 x 14x14 -> 32 x 7x7 (GELU after each) -> 10, batch 64."""
+    keys = jax.random.split(key, 5)
+    params = {
+        "conv1": conv_params(keys[0], 1, 16),
+        "conv2": conv_params(keys[1], 16, 32),
+        "classifier": dense(keys[2], 32 * 7 * 7, 10),
+    }
+    x = jax.random.uniform(keys[3], (64, 28 * 28), jnp.float32)
+    y = jax.random.randint(keys[4], (64,), 0, 10)
+
+    def loss(params, delta):
+        h = (x + delta).reshape(64, 1, 28, 28)
+        h = gelu(conv(params["conv1"], h))
+        h = gelu(conv(params["conv2"], h))
+        return cross_entropy(apply(params["classifier"], h.reshape(64, -1)), y)
+
+    return params, loss, x.shape, jnp.ones((64, 1), jnp.float32)
+
+
+def minilm_model(key):
+    """A MiniLM-sized BERT (6 post-norm layers, width 384, 12 heads, feed-forward 1536, GELU, layer
+    norm eps 1e-12), random weights, 64 tokens, batch MINILM_BATCH (32), mean pooling, 10 classes."""
+    import os
+
+    batch, tokens, vocab, width, heads = int(os.environ.get("MINILM_BATCH", 32)), 64, 30522, 384, 12
+    keys = iter(jax.random.split(key, 64))
+
+    def norm():
+        return {"weight": jnp.ones(width, jnp.float32), "bias": jnp.zeros(width, jnp.float32)}
+
+    def embedding(rows):
+        return 0.02 * jax.random.normal(next(keys), (rows, width), jnp.float32)
+
+    params = {
+        "word": embedding(vocab),
+        "position": embedding(512),
+        "token_type": embedding(2),
+        "norm": norm(),
+        "layers": [
+            {
+                "query": dense(next(keys), width, width),
+                "key": dense(next(keys), width, width),
+                "value": dense(next(keys), width, width),
+                "out": dense(next(keys), width, width),
+                "attention_norm": norm(),
+                "up": dense(next(keys), width, 4 * width),
+                "down": dense(next(keys), 4 * width, width),
+                "output_norm": norm(),
+            }
+            for _ in range(6)
+        ],
+        "classifier": dense(next(keys), width, 10),
+    }
+    lengths = jax.random.randint(next(keys), (batch,), 1, tokens + 1)
+    mask = (jnp.arange(tokens)[None, :] < lengths[:, None]).astype(jnp.float32)
+    ids = jax.random.randint(next(keys), (batch, tokens), 1, vocab) * mask.astype(jnp.int32)
+    y = jax.random.randint(next(keys), (batch,), 0, 10)
+    key_bias = (mask[:, None, None, :] - 1.0) * 1e4
+
+    def ln(x, p):
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + 1e-12) * p["weight"] + p["bias"]
+
+    def split(x):
+        return x.reshape(batch, tokens, heads, width // heads).transpose(0, 2, 1, 3)
+
+    def loss(params, delta):
+        e = params["word"][ids]
+        h = ln(e + delta + params["position"][:tokens] + params["token_type"][0], params["norm"])
+        for layer in params["layers"]:
+            q, k, v = (split(apply(layer[name], h)) for name in ("query", "key", "value"))
+            scores = q @ jnp.swapaxes(k, 2, 3) / (width // heads) ** 0.5 + key_bias
+            context = (jax.nn.softmax(scores, axis=-1) @ v).transpose(0, 2, 1, 3)
+            h = ln(h + apply(layer["out"], context.reshape(batch, tokens, width)), layer["attention_norm"])
+            h = ln(h + apply(layer["down"], gelu(apply(layer["up"], h))), layer["output_norm"])
+        m = mask[:, :, None]
+        pooled = jnp.sum(h * m, axis=1) / jnp.sum(m, axis=1)
+        return cross_entropy(apply(params["classifier"], pooled), y)
+
+    return params, loss, (batch, tokens, width), mask[:, :, None]
+
+
 def steps(loss, shape, mask):
     """The four steps as jitted functions of (params, key) returning (loss, gradients)."""
     zero = jnp.zeros(shape, jnp.float32)
@@ -157,9 +258,21 @@ def steps(loss, shape, mask):
 def main():
     key = jax.random.PRNGKey(0)
     models = {}
-    for name, build in [("mlp", mlp_model), ("embedding", embedding_model)]:
-        params, loss, shape, mask = build(jax.random.fold_in(key, len(models)))
-        models[name] = (params, steps(loss, shape, mask))
+    builders = {
+        "mlp": mlp_model,
+        "embedding": embedding_model,
+        "cnn": cnn_model,
+        "minilm": minilm_model,
+    }
+
+    def model_for(name):
+        """Built on first use: MiniLM's embedding matrix alone is 47 MB."""
+        if name not in models:
+            index = list(builders).index(name)
+            params, loss, shape, mask = builders[name](jax.random.fold_in(key, index))
+            models[name] = (params, steps(loss, shape, mask))
+        return models[name]
+
     step_key = jax.random.PRNGKey(1)
     for line in sys.stdin:
         words = line.split()
@@ -167,7 +280,7 @@ def main():
             break
         try:
             model, _variant, method, count = words
-            params, fns = models[model]
+            params, fns = model_for(model)
             fn = fns[method]
             started = time.perf_counter()
             for _ in range(int(count)):

@@ -58,10 +58,10 @@ pub struct ExperimentArgs {
     /// radius times 1/4, 1/2, 1, 2 and 4).
     #[arg(long, value_delimiter = ',')]
     pub eps_grid: Vec<f64>,
-    /// With `--eps auto`: the seeds that choose each radius (numbered from 1001, so never one of the
-    /// reported seeds).
-    #[arg(long, default_value_t = 2)]
-    pub selection_seeds: usize,
+    /// With `--eps auto`: the seeds that choose each radius (default 2; numbered from 1001, so never
+    /// one of the reported seeds).
+    #[arg(long)]
+    pub selection_seeds: Option<usize>,
     /// Examples drawn before the train/dev/test split (THUCNews: 5000 of 100000 unless given).
     #[arg(long)]
     pub subset: Option<usize>,
@@ -283,7 +283,8 @@ fn radii(args: &ExperimentArgs, experiment: Experiment) -> Result<(Vec<f64>, Opt
         None => Ok(()),
     };
     if args.eps.len() == 1 && args.eps[0] == "auto" {
-        advtrain::error::check_count("--selection-seeds", args.selection_seeds)?;
+        let seeds = args.selection_seeds.unwrap_or(2);
+        advtrain::error::check_count("--selection-seeds", seeds)?;
         positive("--eps-grid", &args.eps_grid)?;
         let grid = if args.eps_grid.is_empty() {
             Selection::default_grid(experiment.hyper().eps)
@@ -292,16 +293,19 @@ fn radii(args: &ExperimentArgs, experiment: Experiment) -> Result<(Vec<f64>, Opt
         };
         return Ok((
             Vec::new(),
-            Some(Selection {
-                grid,
-                seeds: args.selection_seeds,
-            }),
+            Some(Selection { grid, seeds }),
         ));
     }
     if !args.eps_grid.is_empty() {
         return Err(bad(
             "--eps-grid",
             "is the grid `--eps auto` chooses from; pass --eps auto with it".into(),
+        ));
+    }
+    if args.selection_seeds.is_some() {
+        return Err(bad(
+            "--selection-seeds",
+            "are the seeds `--eps auto` chooses with; pass --eps auto with it".into(),
         ));
     }
     let eps = args

@@ -260,12 +260,10 @@ pub fn select_radius(rows: &[EpochRow], method: &str) -> Option<(f64, Vec<Tried>
             }
         })
         .collect();
-    let best = tried
-        .iter()
-        .fold(None::<&Tried>, |best, t| match best {
-            Some(b) if b.dev.0 >= t.dev.0 => Some(b),
-            _ => Some(t),
-        })?;
+    let best = tried.iter().fold(None::<&Tried>, |best, t| match best {
+        Some(b) if b.dev.0 >= t.dev.0 => Some(b),
+        _ => Some(t),
+    })?;
     Some((best.eps, tried))
 }
 

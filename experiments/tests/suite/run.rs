@@ -607,6 +607,7 @@ fn eps_auto_chooses_on_dev_with_seeds_the_comparison_leaves_out() {
         ("mnist --eps 0.1 --eps-grid 0.1,1", "--eps-grid"),
         ("mnist --eps auto --eps-grid 0.1,0", "--eps-grid"),
         ("mnist --eps auto --selection-seeds 0", "--selection-seeds"),
+        ("mnist --selection-seeds 3", "--selection-seeds"),
     ] {
         let e = parse(&args(line)).unwrap_err().to_string();
         assert!(e.contains(flag) && e.contains("fix: "), "{line}: {e}");
@@ -630,21 +631,41 @@ fn eps_auto_chooses_on_dev_with_seeds_the_comparison_leaves_out() {
     assert_eq!(options.selection_runs().len(), 2);
     let reported = train_all(&options).unwrap();
     let selection = read_rows(&out.join("selection.csv")).unwrap();
-    assert!(selection.iter().all(|r| r.seed == 1001 && r.method == "fgm"));
+    assert!(
+        selection
+            .iter()
+            .all(|r| r.seed == 1001 && r.method == "fgm")
+    );
     let mut radii: Vec<f64> = selection.iter().map(|r| r.eps).collect();
     radii.sort_by(f64::total_cmp);
     assert_eq!(radii, [0.3, 3.0]);
     // The choice is the better dev accuracy of the two (the smaller radius on a tie), and the
     // reported runs use it with seed 1 only.
     let (low, high) = (&selection[0], &selection[1]);
-    let (low, high) = if low.eps < high.eps { (low, high) } else { (high, low) };
-    let expected = if high.dev_accuracy > low.dev_accuracy { high.eps } else { low.eps };
+    let (low, high) = if low.eps < high.eps {
+        (low, high)
+    } else {
+        (high, low)
+    };
+    let expected = if high.dev_accuracy > low.dev_accuracy {
+        high.eps
+    } else {
+        low.eps
+    };
     assert_eq!(select_radius(&selection, "fgm").unwrap().0, expected);
     assert!(reported.iter().all(|r| r.seed == 1));
-    assert!(reported.iter().filter(|r| r.method == "fgm").all(|r| r.eps == expected));
+    assert!(
+        reported
+            .iter()
+            .filter(|r| r.method == "fgm")
+            .all(|r| r.eps == expected)
+    );
     assert_eq!(reported.len(), 2);
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(summary.contains("--eps auto") && summary.contains(&format!("fgm {expected}")), "{summary}");
+    assert!(
+        summary.contains("--eps auto") && summary.contains(&format!("fgm {expected}")),
+        "{summary}"
+    );
     let chosen = std::fs::read_to_string(out.join("selection.md")).unwrap();
     assert_eq!(chosen.matches("| chosen |").count(), 1, "{chosen}");
     let _ = std::fs::remove_dir_all(&out);
