@@ -11,8 +11,9 @@
 //!   16 and 32 wide with GELU, a dense classifier), 28 x 28 images, batch 64, input target;
 //! * `minilm`: a MiniLM-sized encoder, [`advtrain::models::BertClassifier`] with
 //!   [`BertConfig::minilm`] (6 post-norm layers, width 384, 12 heads, feed-forward 1,536, GELU),
-//!   random weights, 64 tokens, batch 32 (`MINILM_BATCH` overrides it), mean pooling, 10 classes;
-//!   the methods act on the word-embedding output.
+//!   random weights, 64 tokens, batch 8 (`MINILM_BATCH` overrides it: the trained Hutchinson step
+//!   keeps a 10 GB graph at 8), mean pooling, 10 classes; the methods act on the word-embedding
+//!   output.
 //!
 //! The last two are the library's own models, on the fused ops only: they run as variant `fused`.
 //!
@@ -297,7 +298,7 @@ impl Encoder {
         let batch = std::env::var("MINILM_BATCH")
             .ok()
             .and_then(|b| b.parse::<usize>().ok())
-            .unwrap_or(32);
+            .unwrap_or(8);
         let tokens = 64;
         let config = BertConfig::minilm();
         let vocab = config.vocab_size;

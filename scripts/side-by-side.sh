@@ -5,7 +5,8 @@
 #
 # Installs JAX (pinned, CPU) from PyPI into target/jax-venv on first use, builds the advtrain side
 # (benches/side_by_side.rs), then runs scripts/side_by_side.py, which asks both in turn for the same
-# steps and prints medians and ratios. About 12 minutes on two cores; run it on a quiet machine.
+# steps and prints medians and ratios. About 15 minutes on two cores for the four models; run it on a
+# quiet machine. MINILM_BATCH sets the MiniLM-sized encoder's batch (default 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JAX_VERSION=0.10.2

@@ -150,10 +150,10 @@ def cnn_model(key):
 
 def minilm_model(key):
     """A MiniLM-sized BERT (6 post-norm layers, width 384, 12 heads, feed-forward 1536, GELU, layer
-    norm eps 1e-12), random weights, 64 tokens, batch MINILM_BATCH (32), mean pooling, 10 classes."""
+    norm eps 1e-12), random weights, 64 tokens, batch MINILM_BATCH (8), mean pooling, 10 classes."""
     import os
 
-    batch, tokens, vocab, width, heads = int(os.environ.get("MINILM_BATCH", 32)), 64, 30522, 384, 12
+    batch, tokens, vocab, width, heads = int(os.environ.get("MINILM_BATCH", 8)), 64, 30522, 384, 12
     keys = iter(jax.random.split(key, 64))
 
     def norm():
