@@ -279,7 +279,13 @@ impl Images {
     fn new(rng: &mut Rng) -> Result<Self> {
         Ok(Self {
             model: Cnn::new(3, 10, DType::F32, &Device::Cpu)?,
-            x: rng.uniform(0.0, 1.0, (64, Cnn::SIDE * Cnn::SIDE), DType::F32, &Device::Cpu)?,
+            x: rng.uniform(
+                0.0,
+                1.0,
+                (64, Cnn::SIDE * Cnn::SIDE),
+                DType::F32,
+                &Device::Cpu,
+            )?,
             y: labels(64, rng)?,
         })
     }

@@ -291,10 +291,7 @@ fn radii(args: &ExperimentArgs, experiment: Experiment) -> Result<(Vec<f64>, Opt
         } else {
             args.eps_grid.clone()
         };
-        return Ok((
-            Vec::new(),
-            Some(Selection { grid, seeds }),
-        ));
+        return Ok((Vec::new(), Some(Selection { grid, seeds })));
     }
     if !args.eps_grid.is_empty() {
         return Err(bad(
