@@ -178,22 +178,14 @@ impl Embedding {
                 })
             })
             .collect::<Result<_>>()?;
-        let mut ids = vec![0u32; batch * tokens];
-        let mut mask = vec![0f32; batch * tokens];
-        for row in 0..batch {
-            let length = 1 + (rng.uniform_f64(0.0, tokens as f64) as usize).min(tokens - 1);
-            for t in 0..length {
-                ids[row * tokens + t] = 1 + rng.uniform_f64(0.0, (vocab - 1) as f64) as u32;
-                mask[row * tokens + t] = 1.0;
-            }
-        }
+        let (ids, mask) = random_tokens(batch, tokens, vocab, rng)?;
         Ok(Self {
             matrix,
             blocks,
             norm: norm_params(&vb.pp("norm"))?,
             classifier: linear(WIDTH, 10, vb.pp("classifier"))?,
-            ids: Tensor::from_vec(ids, (batch, tokens), &Device::Cpu)?,
-            mask: Tensor::from_vec(mask, (batch, tokens), &Device::Cpu)?,
+            ids,
+            mask,
             y: labels(batch, rng)?,
         })
     }
@@ -229,6 +221,28 @@ impl Embedding {
             &self.y,
         )?)
     }
+}
+
+/// Random ids in `1..vocab` and their mask: each row a random length in `1..=tokens`, then padding.
+fn random_tokens(
+    batch: usize,
+    tokens: usize,
+    vocab: usize,
+    rng: &mut Rng,
+) -> Result<(Tensor, Tensor)> {
+    let mut ids = vec![0u32; batch * tokens];
+    let mut mask = vec![0f32; batch * tokens];
+    for row in 0..batch {
+        let length = 1 + (rng.uniform_f64(0.0, tokens as f64) as usize).min(tokens - 1);
+        for t in 0..length {
+            ids[row * tokens + t] = 1 + rng.uniform_f64(0.0, (vocab - 1) as f64) as u32;
+            mask[row * tokens + t] = 1.0;
+        }
+    }
+    Ok((
+        Tensor::from_vec(ids, (batch, tokens), &Device::Cpu)?,
+        Tensor::from_vec(mask, (batch, tokens), &Device::Cpu)?,
+    ))
 }
 
 fn labels(batch: usize, rng: &mut Rng) -> Result<Tensor> {
@@ -313,19 +327,11 @@ impl Encoder {
             pooling: Pooling::Mean,
         };
         let model = BertClassifier::new(config, head, 4, DType::F32, &Device::Cpu)?;
-        let mut ids = vec![0u32; batch * tokens];
-        let mut mask = vec![0f32; batch * tokens];
-        for row in 0..batch {
-            let length = 1 + (rng.uniform_f64(0.0, tokens as f64) as usize).min(tokens - 1);
-            for t in 0..length {
-                ids[row * tokens + t] = 1 + rng.uniform_f64(0.0, (vocab - 1) as f64) as u32;
-                mask[row * tokens + t] = 1.0;
-            }
-        }
+        let (ids, mask) = random_tokens(batch, tokens, vocab, rng)?;
         Ok(Self {
             model,
-            ids: Tensor::from_vec(ids, (batch, tokens), &Device::Cpu)?,
-            mask: Tensor::from_vec(mask, (batch, tokens), &Device::Cpu)?,
+            ids,
+            mask,
             y: labels(batch, rng)?,
         })
     }

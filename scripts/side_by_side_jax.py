@@ -48,6 +48,19 @@ def norm_params():
     return {"weight": jnp.ones(WIDTH, jnp.float32), "bias": jnp.zeros(WIDTH, jnp.float32)}
 
 
+def attention_params(keys, width):
+    """Query, key, value and output projections, drawn in that order from the iterator `keys`."""
+    return {name: dense(next(keys), width, width) for name in ("query", "key", "value", "out")}
+
+
+def random_tokens(keys, batch, tokens, vocab):
+    """A mask (each row a random length in 1..tokens, then padding) and ids in 1..vocab under it."""
+    lengths = jax.random.randint(next(keys), (batch,), 1, tokens + 1)
+    mask = (jnp.arange(tokens)[None, :] < lengths[:, None]).astype(jnp.float32)
+    ids = jax.random.randint(next(keys), (batch, tokens), 1, vocab) * mask.astype(jnp.int32)
+    return mask, ids
+
+
 def mlp_model(key):
     keys = jax.random.split(key, 5)
     widths = [512, 512, 512, 10]
@@ -74,10 +87,7 @@ def embedding_model(key):
         "blocks": [
             {
                 "norm1": norm_params(),
-                "query": dense(next(keys), WIDTH, WIDTH),
-                "key": dense(next(keys), WIDTH, WIDTH),
-                "value": dense(next(keys), WIDTH, WIDTH),
-                "out": dense(next(keys), WIDTH, WIDTH),
+                **attention_params(keys, WIDTH),
                 "norm2": norm_params(),
                 "up": dense(next(keys), WIDTH, 4 * WIDTH),
                 "down": dense(next(keys), 4 * WIDTH, WIDTH),
@@ -87,9 +97,7 @@ def embedding_model(key):
         "norm": norm_params(),
         "classifier": dense(next(keys), WIDTH, 10),
     }
-    lengths = jax.random.randint(next(keys), (batch,), 1, tokens + 1)
-    mask = (jnp.arange(tokens)[None, :] < lengths[:, None]).astype(jnp.float32)
-    ids = jax.random.randint(next(keys), (batch, tokens), 1, vocab) * mask.astype(jnp.int32)
+    mask, ids = random_tokens(keys, batch, tokens, vocab)
     y = jax.random.randint(next(keys), (batch,), 0, 10)
     key_bias = (mask[:, None, :] - 1.0) * 1e4
 
@@ -169,10 +177,7 @@ def minilm_model(key):
         "norm": norm(),
         "layers": [
             {
-                "query": dense(next(keys), width, width),
-                "key": dense(next(keys), width, width),
-                "value": dense(next(keys), width, width),
-                "out": dense(next(keys), width, width),
+                **attention_params(keys, width),
                 "attention_norm": norm(),
                 "up": dense(next(keys), width, 4 * width),
                 "down": dense(next(keys), 4 * width, width),
@@ -182,9 +187,7 @@ def minilm_model(key):
         ],
         "classifier": dense(next(keys), width, 10),
     }
-    lengths = jax.random.randint(next(keys), (batch,), 1, tokens + 1)
-    mask = (jnp.arange(tokens)[None, :] < lengths[:, None]).astype(jnp.float32)
-    ids = jax.random.randint(next(keys), (batch, tokens), 1, vocab) * mask.astype(jnp.int32)
+    mask, ids = random_tokens(keys, batch, tokens, vocab)
     y = jax.random.randint(next(keys), (batch,), 0, 10)
     key_bias = (mask[:, None, None, :] - 1.0) * 1e4
 

@@ -312,21 +312,14 @@ impl Options {
     /// With `--eps auto` ([`Options::selection`]) these are the runs at the experiment's default
     /// radius; the reported runs come from [`Options::runs_at`] once the radii are chosen.
     pub fn runs(&self) -> Vec<Run> {
-        let default = [self.experiment.hyper().eps];
-        let mut runs = Vec::new();
-        for &method in &self.methods {
-            let radii = if method.uses_eps() && !self.eps.is_empty() {
-                &self.eps[..]
+        let default = self.experiment.hyper().eps;
+        self.plan(1..=self.seeds as u64, |method| {
+            if method.uses_eps() && !self.eps.is_empty() {
+                self.eps.clone()
             } else {
-                &default[..]
-            };
-            for &eps in radii {
-                for seed in 1..=self.seeds as u64 {
-                    runs.push(Run { method, eps, seed });
-                }
+                vec![default]
             }
-        }
-        runs
+        })
     }
 
     /// `--eps auto`'s selection runs: every method with a radius, at every radius of the grid, with
@@ -335,33 +328,38 @@ impl Options {
         let Some(selection) = &self.selection else {
             return Vec::new();
         };
-        let mut runs = Vec::new();
-        for &method in self.methods.iter().filter(|m| m.uses_eps()) {
-            for &eps in &selection.grid {
-                for k in 1..=selection.seeds as u64 {
-                    runs.push(Run {
-                        method,
-                        eps,
-                        seed: SELECTION_SEED_BASE + k,
-                    });
-                }
+        let seeds = SELECTION_SEED_BASE + 1..=SELECTION_SEED_BASE + selection.seeds as u64;
+        self.plan(seeds, |method| {
+            if method.uses_eps() {
+                selection.grid.clone()
+            } else {
+                Vec::new()
             }
-        }
-        runs
+        })
     }
 
     /// The reported runs at the chosen radii (`(method, eps)`; a method without a radius runs at the
     /// experiment's default), with the seeds 1..=`seeds`.
     pub fn runs_at(&self, chosen: &[(Method, f64)]) -> Vec<Run> {
         let default = self.experiment.hyper().eps;
+        self.plan(1..=self.seeds as u64, |method| {
+            let eps = chosen.iter().find(|(m, _)| *m == method);
+            vec![eps.map_or(default, |(_, e)| *e)]
+        })
+    }
+
+    /// Each method in order, at each of `radii(method)`, with each of `seeds`.
+    fn plan(
+        &self,
+        seeds: std::ops::RangeInclusive<u64>,
+        radii: impl Fn(Method) -> Vec<f64>,
+    ) -> Vec<Run> {
         let mut runs = Vec::new();
         for &method in &self.methods {
-            let eps = chosen
-                .iter()
-                .find(|(m, _)| *m == method)
-                .map_or(default, |(_, e)| *e);
-            for seed in 1..=self.seeds as u64 {
-                runs.push(Run { method, eps, seed });
+            for eps in radii(method) {
+                for seed in seeds.clone() {
+                    runs.push(Run { method, eps, seed });
+                }
             }
         }
         runs
