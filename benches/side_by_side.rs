@@ -19,7 +19,9 @@
 //!
 //! Steps: `plain` (loss and the weights' gradients), `fgm` (eps 0.5, clean + adversarial),
 //! `gradient_penalty` (eps 0.5, double backward), `hutchinson_1` (sigma 0.1, one Rademacher probe,
-//! trained through). `scripts/side_by_side_jax.py` builds the same models and steps in JAX.
+//! trained through, reverse over reverse), and `hutchinson_taylor` (the same step by Taylor mode,
+//! [`advtrain::jet`]: each model's jet form, variant `fused` only; JAX's `hutchinson_1` is its
+//! counterpart). `scripts/side_by_side_jax.py` builds the same models and steps in JAX.
 //!
 //! Plain and FGM steps also run with second order off (`CANDLE_GRAD_DO_NOT_DETACH=0`): the driver
 //! measures what the switch costs first-order methods.
@@ -31,7 +33,7 @@
 use advtrain::init::SeededVarMap;
 use advtrain::models::{BertClassifier, BertConfig, Cnn, Head, Pooling};
 use advtrain::{Batch, Method};
-use advtrain::{Fgm, GradientPenalty, Laplacian, Rng, Target, fused, ops};
+use advtrain::{CurvatureMethod, Fgm, GradientPenalty, Jet, Laplacian, Rng, Target, fused, ops};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 use std::io::{BufRead, Write};
@@ -120,6 +122,18 @@ impl Mlp {
             }
         }
         Ok((ops.cross_entropy)(&h, &self.y)?)
+    }
+
+    /// The same loss as a function of a jet of `x` (Taylor mode, fused ops).
+    fn loss_jet(&self, x: &Jet) -> candle_core::Result<Jet> {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = h.linear(layer.weight(), layer.bias())?;
+            if i + 1 < self.layers.len() {
+                h = h.gelu_erf()?;
+            }
+        }
+        h.cross_entropy(&self.y)
     }
 }
 
@@ -221,6 +235,33 @@ impl Embedding {
             &self.y,
         )?)
     }
+
+    /// The same loss as a function of a jet of the embedding output (Taylor mode, fused ops).
+    fn loss_jet(&self, e: &Jet) -> candle_core::Result<Jet> {
+        let norm = |x: &Jet, (w, b): &(Tensor, Tensor)| x.layer_norm(Some(w), Some(b), 1e-5);
+        let linear = |x: &Jet, layer: &Linear| x.linear(layer.weight(), layer.bias());
+        let key_bias = ((self.mask.unsqueeze(1)? - 1.0)? * 1e4)?;
+        let mut h = e.clone();
+        for block in &self.blocks {
+            let x = norm(&h, &block.norm1)?;
+            let keys = linear(&x, &block.key)?.map_linear(|t| t.t())?;
+            let scores = linear(&x, &block.query)?
+                .matmul(&keys)?
+                .affine(1.0 / (WIDTH as f64).sqrt(), 0.0)?;
+            let attention = scores
+                .broadcast_add_constant(&key_bias)?
+                .softmax_last_dim()?;
+            let values = linear(&x, &block.value)?;
+            h = h.add(&linear(&attention.matmul(&values)?, &block.out)?)?;
+            let x = norm(&h, &block.norm2)?;
+            h = h.add(&linear(&linear(&x, &block.up)?.gelu_erf()?, &block.down)?)?;
+        }
+        let m = self.mask.unsqueeze(2)?;
+        let count = m.sum(1)?;
+        let pooled = norm(&h, &self.norm)?
+            .map_linear(|t| t.broadcast_mul(&m)?.sum(1)?.broadcast_div(&count))?;
+        linear(&pooled, &self.classifier)?.cross_entropy(&self.y)
+    }
 }
 
 /// Random ids in `1..vocab` and their mask: each row a random length in `1..=tokens`, then padding.
@@ -252,11 +293,19 @@ fn labels(batch: usize, rng: &mut Rng) -> Result<Tensor> {
     Ok(Tensor::from_vec(y, batch, &Device::Cpu)?)
 }
 
+type JetLoss<'a> = &'a dyn Fn(&Jet) -> candle_core::Result<Jet>;
+
+/// The jet form where the variant is the fused one (the jet rules are built on the fused ops).
+fn fused_only<'a>(variant: &str, jet: JetLoss<'a>) -> Option<JetLoss<'a>> {
+    (variant == "fused").then_some(jet)
+}
+
 /// One step of `method` at `target` with `loss`; returns the loss value.
 fn step(
     method: &str,
     target: &Target,
     loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    jet: Option<JetLoss>,
     rng: &mut Rng,
 ) -> Result<f32> {
     let step = match method {
@@ -270,11 +319,21 @@ fn step(
             GradientPenalty::new(0.5)?.step(&Batch::new(target, loss), &mut Rng::new(0))?
         }
         "hutchinson_1" => Laplacian::new(0.1)?.step(&Batch::new(target, loss), rng)?,
+        "hutchinson_taylor" => {
+            let jet = jet.ok_or_else(|| advtrain::Error::InvalidArgument {
+                name: "variant",
+                reason: "Taylor mode runs on the fused ops' jet rules".into(),
+                fix: "ask for variant fused".into(),
+            })?;
+            Laplacian::new(0.1)?
+                .with_method(CurvatureMethod::Taylor)?
+                .step(&Batch::new(target, loss).with_jet(jet), rng)?
+        }
         other => {
             return Err(advtrain::Error::InvalidArgument {
                 name: "method",
                 reason: format!("unknown method {other}"),
-                fix: "plain, fgm, gradient_penalty or hutchinson_1".into(),
+                fix: "plain, fgm, gradient_penalty, hutchinson_1 or hutchinson_taylor".into(),
             });
         }
     };
@@ -392,14 +451,18 @@ impl Bench {
             "mlp" => {
                 let mlp = &self.mlp;
                 let loss = |x: &Tensor| mlp.loss(ops, x).map_err(candle_core::Error::from);
-                step(method, &Target::input(&mlp.x)?, &loss, &mut self.rng)
+                let jet = |x: &Jet| mlp.loss_jet(x);
+                let jet = fused_only(variant, &jet);
+                step(method, &Target::input(&mlp.x)?, &loss, jet, &mut self.rng)
             }
             "embedding" => {
                 let model = &self.embedding;
                 let loss = |e: &Tensor| model.loss(ops, e).map_err(candle_core::Error::from);
                 let e = model.embed()?;
                 let target = Target::embedding_output(&e, Some(&model.mask))?;
-                step(method, &target, &loss, &mut self.rng)
+                let jet = |e: &Jet| model.loss_jet(e);
+                let jet = fused_only(variant, &jet);
+                step(method, &target, &loss, jet, &mut self.rng)
             }
             "cnn" => {
                 let images = self.cnn.as_ref().expect("built above");
@@ -409,7 +472,20 @@ impl Bench {
                         &images.y,
                     )
                 };
-                step(method, &Target::input(&images.x)?, &loss, &mut self.rng)
+                let jet = |x: &Jet| {
+                    images
+                        .model
+                        .logits_jet(x)
+                        .map_err(candle_core::Error::from)?
+                        .cross_entropy(&images.y)
+                };
+                step(
+                    method,
+                    &Target::input(&images.x)?,
+                    &loss,
+                    Some(&jet),
+                    &mut self.rng,
+                )
             }
             "minilm" => {
                 let encoder = self.minilm.as_ref().expect("built above");
@@ -422,7 +498,14 @@ impl Bench {
                 };
                 let e = encoder.model.embed(&encoder.ids)?;
                 let target = Target::embedding_output(&e, Some(&encoder.mask))?;
-                step(method, &target, &loss, &mut self.rng)
+                let jet = |e: &Jet| {
+                    encoder
+                        .model
+                        .logits_from_embeddings_jet(e, &encoder.mask)
+                        .map_err(candle_core::Error::from)?
+                        .cross_entropy(&encoder.y)
+                };
+                step(method, &target, &loss, Some(&jet), &mut self.rng)
             }
             other => Err(advtrain::Error::InvalidArgument {
                 name: "model",
@@ -480,22 +563,33 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// advtrain alone: candle vs fused for every model and method, medians of interleaved rounds.
 fn table(bench: &mut Bench, rounds: usize) -> Result<()> {
     let methods = if advtrain::second_order::is_enabled() {
-        &["plain", "fgm", "gradient_penalty", "hutchinson_1"][..]
+        &[
+            "plain",
+            "fgm",
+            "gradient_penalty",
+            "hutchinson_1",
+            "hutchinson_taylor",
+        ][..]
     } else {
-        &["plain", "fgm"][..]
+        &["plain", "fgm", "hutchinson_taylor"][..]
     };
     println!("advtrain alone, f32, medians of {rounds} interleaved rounds (ms per step)");
     println!("| model | method | candle ops | fused ops | fused / candle | fused / fused plain |");
     println!("|---|---|---|---|---|---|");
     for model in ["mlp", "embedding"] {
         let mut times = vec![[Vec::new(), Vec::new()]; methods.len()];
+        // Taylor mode's jet rules are built on the fused ops: it has no candle-ops variant.
+        let candle = |bench: &mut Bench, method: &str| match method {
+            "hutchinson_taylor" => Ok(f64::NAN),
+            _ => bench.time(model, "candle", method, 1),
+        };
         for method in methods {
-            bench.time(model, "candle", method, 1)?;
+            candle(bench, method)?;
             bench.time(model, "fused", method, 1)?;
         }
         for _ in 0..rounds {
             for (i, method) in methods.iter().enumerate() {
-                times[i][0].push(bench.time(model, "candle", method, 1)?);
+                times[i][0].push(candle(bench, method)?);
                 times[i][1].push(bench.time(model, "fused", method, 1)?);
             }
         }

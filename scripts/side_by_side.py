@@ -15,8 +15,12 @@ import sys
 MODELS = ["mlp", "embedding", "cnn", "minilm"]
 # The library's own models (advtrain::models) run on the fused ops only: no candle-ops variant.
 LIBRARY_MODELS = {"cnn", "minilm"}
-METHODS = ["plain", "fgm", "gradient_penalty", "hutchinson_1"]
-FIRST_ORDER = ["plain", "fgm"]
+METHODS = ["plain", "fgm", "gradient_penalty", "hutchinson_1", "hutchinson_taylor"]
+# Steps that need no second order: they also run with it off.
+FIRST_ORDER = ["plain", "fgm", "hutchinson_taylor"]
+# advtrain-only steps and the JAX step they are measured against: the Hutchinson step by Taylor
+# mode (advtrain's jet forms, fused ops only) against JAX's forward-over-reverse Hutchinson step.
+JAX_COUNTERPART = {"hutchinson_taylor": "hutchinson_1"}
 # Goals, as ratios: the plain step to JAX's (MLP, one thread), then each method to its plain step.
 PLAIN_GOAL = 1.5
 METHOD_GOALS = {"fgm": 2.05, "gradient_penalty": 2.2, "hutchinson_1": 3.0}
@@ -84,6 +88,8 @@ def measure(rust, jax, threads, rounds, steps, tuned_malloc, models):
     def applies(side, model, method):
         if side == "candle" and model in LIBRARY_MODELS:
             return False
+        if method in JAX_COUNTERPART and side in ("jax", "candle"):
+            return False
         return side != "first-order" or method in FIRST_ORDER
 
     times = {(m, k, s): [] for m, k in cells for s, _, _ in sides if applies(s, m, k)}
@@ -117,7 +123,8 @@ def report(medians, threads, rounds, steps, tuned_malloc, models):
     ]
     for model in models:
         for method in METHODS:
-            jax, fused = (medians[(model, method, s)] for s in ("jax", "fused"))
+            jax = medians[(model, JAX_COUNTERPART.get(method, method), "jax")]
+            fused = medians[(model, method, "fused")]
             candle = medians.get((model, method, "candle"))
             candle = "-" if candle is None else f"{candle:.2f}"
             jax_plain = medians[(model, "plain", "jax")]
@@ -139,6 +146,13 @@ def report(medians, threads, rounds, steps, tuned_malloc, models):
             lines.append(f"- {method} {ratio:.2f}x plain (goal <= {goal}x): {met}")
         first = medians[("mlp", "fgm", "first-order")] / medians[("mlp", "plain", "first-order")]
         lines.append(f"- fgm with second order off: {first:.2f}x its plain step")
+    lines += ["", "The trained Hutchinson step against JAX's, each as a multiple of its plain step:", ""]
+    for model in models:
+        jax = medians[(model, "hutchinson_1", "jax")] / medians[(model, "plain", "jax")]
+        for method in ("hutchinson_1", "hutchinson_taylor"):
+            ours = medians[(model, method, "fused")] / medians[(model, "plain", "fused")]
+            met = "at or below" if ours <= jax else "above"
+            lines.append(f"- {model}, {method}: {ours:.2f}x against JAX's {jax:.2f}x ({met})")
     return "\n".join(lines)
 
 

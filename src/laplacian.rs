@@ -11,12 +11,15 @@
 //!
 //! * exact, by a Hessian-vector product (double backward; needs second order on), or
 //! * `(L(x + h v) + L(x - h v) - 2 L(x)) / h^2`, a finite difference with error O(h^2) that needs no
-//!   second order at all and is trained through by one ordinary backward pass.
+//!   second order at all and is trained through by one ordinary backward pass, or
+//! * exact, by Taylor mode ([`crate::jet`]): one forward pass of the model written with [`Jet`]
+//!   operations carries `(L, g^T v, v^T H v)`; no second order either, one backward pass to train.
 //!
 //! Book chapter: "Noise".
 
 use crate::error::{check_count, check_non_negative, check_positive};
 use crate::estimate::{Estimate, scalar};
+use crate::jet::Jet;
 use crate::method::{Batch, Method};
 use crate::regulariser::{Penalty, Regulariser};
 use crate::step::{Passes, Step};
@@ -57,6 +60,10 @@ pub enum CurvatureMethod {
         /// rounding of the loss difference, ~1e-16 L / h^2, takes over.
         h: f64,
     },
+    /// Exact, by Taylor mode: the second derivative of `L(x + t v)` at `t = 0` from one forward pass
+    /// of the model's jet form ([`crate::Batch::with_jet`], [`jet_curvature`]). Needs no second
+    /// order; trained through by one ordinary backward pass.
+    Taylor,
 }
 
 impl CurvatureMethod {
@@ -66,8 +73,58 @@ impl CurvatureMethod {
                 second_order::require("an exact Hessian-vector product")
             }
             CurvatureMethod::FiniteDifference { h } => check_positive("h", *h),
+            CurvatureMethod::Taylor => Ok(()),
         }
     }
+
+    /// The error for a function given the loss alone where Taylor mode needs its jet form.
+    fn needs_jet(what: &'static str) -> Error {
+        Error::InvalidArgument {
+            name: "method",
+            reason: format!(
+                "CurvatureMethod::Taylor computes {what} from the model's jet form, and this function has the loss alone"
+            ),
+            fix:
+                "call laplacian::jet_curvature (or the Laplacian regulariser on a Batch::with_jet)"
+                    .into(),
+        }
+    }
+}
+
+/// One Taylor-mode pass: `jet_fn` from the jet `(point, v, 0)`; the jet of the scalar loss
+/// `(L(x), g^T v, v^T H v)`.
+fn taylor_pass<F>(target: &Target, jet_fn: &F, v: &Tensor) -> Result<Jet>
+where
+    F: Fn(&Jet) -> candle_core::Result<Jet> + ?Sized,
+{
+    if target.is_in_place() {
+        return Err(Error::InvalidArgument {
+            name: "target",
+            reason: "an in-place target runs the user's unchanged model, which cannot carry a jet".into(),
+            fix: "use Target::embedding_matrix or Target::embedding_rows with a jet form of the model, or CurvatureMethod::DoubleBackward".into(),
+        });
+    }
+    let out = jet_fn(&Jet::new(target.point(), v)?)?;
+    if out.primal().elem_count() != 1 {
+        return Err(Error::ShapeMismatch {
+            name: "jet_fn",
+            expected: "the jet of a scalar loss (end with Jet::cross_entropy or a mean)".into(),
+            got: out.primal().dims().to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// The curvature `v^T H v` along `v` by Taylor mode: one forward pass of `jet_fn`, the model written
+/// with [`Jet`] operations, from the jet `(point, v, 0)`. A scalar tensor with its graph (first
+/// order: one backward pass trains through it).
+pub fn jet_curvature<F>(target: &Target, jet_fn: &F, v: &Tensor) -> Result<Tensor>
+where
+    F: Fn(&Jet) -> candle_core::Result<Jet> + ?Sized,
+{
+    target.check_delta(v)?;
+    let out = taylor_pass(target, jet_fn, &target.apply_mask(v)?)?;
+    Ok(out.second_or_zeros()?.reshape(())?)
 }
 
 /// `H v` from a gradient that kept its graph (see [`Target::point_gradient`]), by a backward pass
@@ -119,6 +176,7 @@ where
             let clean = target.loss(loss_fn)?;
             second_difference(target, loss_fn, &clean, &v, h)
         }
+        CurvatureMethod::Taylor => Err(CurvatureMethod::needs_jet("the curvature")),
     }
 }
 
@@ -224,6 +282,7 @@ where
                 samples.push(scalar(&second_difference(target, loss_fn, &clean, &v, h)?)?);
             }
         }
+        CurvatureMethod::Taylor => return Err(CurvatureMethod::needs_jet("each probe")),
     }
     Estimate::from_samples(samples)
 }
@@ -339,6 +398,21 @@ impl Laplacian {
                 }
                 Clean::Loss(clean)
             }
+            CurvatureMethod::Taylor => {
+                let jet_fn = batch.jet("CurvatureMethod::Taylor")?;
+                let mut clean = None;
+                for _ in 0..self.config.probes {
+                    let v = self.config.kind.sample(target, rng)?;
+                    let out = taylor_pass(target, jet_fn, &v)?;
+                    if clean.is_none() {
+                        // g^T v: zero only when the loss does not reach the point (or g is zero).
+                        batch.check_gradient(out.first())?;
+                    }
+                    curvatures.push(out.second_or_zeros()?.reshape(())?);
+                    clean.get_or_insert(out.primal().reshape(())?);
+                }
+                Clean::Loss(clean.expect("probes >= 1"))
+            }
         };
         let mut curvatures = curvatures.into_iter();
         let first = curvatures.next().expect("probes >= 1");
@@ -356,6 +430,12 @@ impl Laplacian {
             CurvatureMethod::FiniteDifference { .. } => Passes {
                 forward: 1 + 2 * self.config.probes,
                 backward: 1 + 2 * self.config.probes,
+                double_backward: 0,
+            },
+            // Each forward pass carries three streams (value, first and second derivative).
+            CurvatureMethod::Taylor => Passes {
+                forward: self.config.probes,
+                backward: 1,
                 double_backward: 0,
             },
         }

@@ -38,6 +38,7 @@
 //! Methods that add a penalty to the loss compose with any method through
 //! [`crate::regulariser::Regularised`]. Book chapter: "Using advtrain in your own loop".
 
+use crate::jet::Jet;
 use crate::step::Step;
 use crate::target::Target;
 use crate::{Error, Result, Rng};
@@ -45,6 +46,10 @@ use candle_core::{Device, Tensor};
 
 /// A function of the (perturbed) point, or of a model's intermediate values, to a tensor.
 pub type Closure<'a> = &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
+/// The loss as a function of a [`Jet`] of the point: the same model written with the jet's
+/// operations, for the Laplacian regulariser's Taylor mode ([`crate::CurvatureMethod::Taylor`]).
+pub type JetClosure<'a> = &'a dyn Fn(&Jet) -> candle_core::Result<Jet>;
 
 /// What a step checks of the gradient with respect to the point. The check runs once per step, on the
 /// first such gradient the method takes (the clean gradient, or the first ascent step's).
@@ -77,6 +82,7 @@ pub struct Batch<'a> {
     target: &'a Target,
     loss: Loss<'a>,
     first_layer: Option<(Closure<'a>, Closure<'a>)>,
+    jet: Option<JetClosure<'a>>,
     check: GradientCheck,
 }
 
@@ -100,6 +106,7 @@ impl<'a> Batch<'a> {
             target,
             loss: Loss::Direct(loss),
             first_layer: None,
+            jet: None,
             check: GradientCheck::default_for(target.point().device()),
         }
     }
@@ -113,6 +120,7 @@ impl<'a> Batch<'a> {
             target,
             loss: Loss::Outputs { outputs, task },
             first_layer: None,
+            jet: None,
             check: GradientCheck::default_for(target.point().device()),
         }
     }
@@ -122,6 +130,23 @@ impl<'a> Batch<'a> {
     pub fn with_first_layer(mut self, first: Closure<'a>, rest: Closure<'a>) -> Self {
         self.first_layer = Some((first, rest));
         self
+    }
+
+    /// Adds the loss as a function of a [`Jet`] of the point (the same model, written with the jet's
+    /// operations), for [`crate::CurvatureMethod::Taylor`]: `jet(&Jet::new(point, v))` must return
+    /// the jet of the loss, whose value is `loss(point)`. Other methods ignore it.
+    pub fn with_jet(mut self, jet: JetClosure<'a>) -> Self {
+        self.jet = Some(jet);
+        self
+    }
+
+    /// The jet form of the loss, or an error naming `method` and [`Batch::with_jet`].
+    pub(crate) fn jet(&self, method: &'static str) -> Result<JetClosure<'a>> {
+        self.jet.ok_or_else(|| Error::InvalidArgument {
+            name: "batch",
+            reason: format!("{method} needs the loss as a function of a jet of the point"),
+            fix: "build the batch with .with_jet(&|x: &Jet| ...), the model written with Jet's operations".into(),
+        })
     }
 
     /// Sets what each step checks of the point's gradient (default: [`GradientCheck::default_for`]

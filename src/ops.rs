@@ -66,6 +66,11 @@ impl LayerNorm {
     pub fn forward_fused(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         crate::fused::layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)
     }
+
+    /// The same layer norm on a jet (Taylor mode, [`crate::jet`]).
+    pub fn forward_jet(&self, x: &crate::Jet) -> candle_core::Result<crate::Jet> {
+        x.layer_norm(Some(&self.weight), Some(&self.bias), self.eps)
+    }
 }
 
 impl Module for LayerNorm {

@@ -8,6 +8,7 @@
 //! All weights come from a [`SeededVarMap`], so the same seed gives the same model everywhere.
 
 use crate::init::SeededVarMap;
+use crate::jet::Jet;
 use crate::ops::{LayerNorm, softmax_last_dim};
 use crate::{Error, Result, Rng};
 use candle_core::{D, DType, Device, Module, Tensor, Var};
@@ -25,6 +26,14 @@ pub enum Activation {
 }
 
 impl Activation {
+    fn apply_jet(&self, x: &Jet) -> candle_core::Result<Jet> {
+        match self {
+            Activation::Tanh => x.tanh(),
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::Relu => x.relu(),
+        }
+    }
+
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Tanh => x.tanh(),
@@ -86,6 +95,18 @@ impl Mlp {
     /// Mean cross-entropy against `labels` `(b,)`.
     pub fn loss(&self, x: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::loss::cross_entropy(&self.forward(x)?, labels)
+    }
+
+    /// [`Mlp::loss`] as a function of a jet of `x` (Taylor mode, [`crate::jet`]).
+    pub fn loss_jet(&self, x: &Jet, labels: &Tensor) -> candle_core::Result<Jet> {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = h.linear(layer.weight(), layer.bias())?;
+            if i + 1 < self.layers.len() {
+                h = self.activation.apply_jet(&h)?;
+            }
+        }
+        h.cross_entropy(labels)
     }
 
     /// Cross-entropy of each example, `(b,)` (for quadrature over many perturbed copies).

@@ -250,3 +250,69 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 pub fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
     fused_or("x", x, GeluTanh, crate::ops::gelu_tanh)
 }
+
+/// Which derivative of a GELU form a Taylor-mode rule scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Derivative {
+    First,
+    Second,
+}
+
+/// `w f'(x)` or `w f''(x)` of the exact GELU: the tangent rules of Taylor mode ([`crate::jet`]). One
+/// fused pass on the CPU (the same ops the backward uses, so they differentiate further); the
+/// composite form elsewhere.
+pub(crate) fn gelu_erf_scaled(
+    x: &Tensor,
+    w: &Tensor,
+    derivative: Derivative,
+) -> candle_core::Result<Tensor> {
+    check_input("x", x)?;
+    if x.device().is_cpu() {
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return match derivative {
+            Derivative::First => x.apply_op2(&w, GeluErfFirst),
+            Derivative::Second => x.apply_op2(&w, GeluErfSecond),
+        };
+    }
+    let phi = ((x.sqr()? * -0.5)?.exp()? * FRAC_1_SQRT_2PI)?;
+    let f = match derivative {
+        Derivative::First => {
+            let big_phi = (((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?;
+            (big_phi + (x * phi)?)?
+        }
+        Derivative::Second => (phi * (2.0 - x.sqr()?)?)?,
+    };
+    f * w
+}
+
+/// `w f'(x)` or `w f''(x)` of the tanh GELU, like [`gelu_erf_scaled`].
+pub(crate) fn gelu_tanh_scaled(
+    x: &Tensor,
+    w: &Tensor,
+    derivative: Derivative,
+) -> candle_core::Result<Tensor> {
+    check_input("x", x)?;
+    if x.device().is_cpu() {
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return match derivative {
+            Derivative::First => x.apply_op2(&w, GeluTanhFirst),
+            Derivative::Second => x.apply_op2(&w, GeluTanhSecond),
+        };
+    }
+    let (c, k) = (SQRT_2_OVER_PI, CUBIC);
+    let x2 = x.sqr()?;
+    let t = ((x + (x * &x2)? * k)? * c)?.tanh()?;
+    let s = (1.0 - t.sqr()?)?;
+    let u1 = (((&x2 * (3.0 * k))? + 1.0)? * c)?;
+    let f = match derivative {
+        // (1 + t + x s u') / 2
+        Derivative::First => (((&t + 1.0)? + ((x * &s)? * &u1)?)? * 0.5)?,
+        // s (u' + x (u'' - 2 t u'^2) / 2)
+        Derivative::Second => {
+            let u2 = (x * (6.0 * c * k))?;
+            let inner = (u2 - ((&t * u1.sqr()?)? * 2.0)?)?;
+            (s * (u1 + ((x * inner)? * 0.5)?)?)?
+        }
+    };
+    f * w
+}

@@ -27,7 +27,7 @@ mod linear;
 mod softmax;
 mod wanted;
 
-pub(crate) use gelu::{CUBIC, SQRT_2_OVER_PI};
+pub(crate) use gelu::{CUBIC, Derivative, SQRT_2_OVER_PI, gelu_erf_scaled, gelu_tanh_scaled};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use kernel::{erf_f32, exp_f32};
 pub use layer_norm::layer_norm;

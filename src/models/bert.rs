@@ -20,7 +20,7 @@
 use super::layers::{Dense, Mode};
 use crate::init::SeededVarMap;
 use crate::ops::LayerNorm;
-use crate::{Error, Result, Rng};
+use crate::{Error, Jet, Result, Rng};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use serde_json::{Map, Value};
@@ -56,6 +56,13 @@ impl Activation {
         match self {
             Self::GeluErf => crate::fused::gelu_erf(x),
             Self::GeluTanh => crate::fused::gelu_tanh(x),
+        }
+    }
+
+    fn apply_jet(self, x: &Jet) -> candle_core::Result<Jet> {
+        match self {
+            Self::GeluErf => x.gelu_erf(),
+            Self::GeluTanh => x.gelu_tanh(),
         }
     }
 }
@@ -693,6 +700,33 @@ impl BertClassifier {
         layer.attention_out.forward(&context, train)
     }
 
+    /// [`Self::attention`] on a jet.
+    fn attention_jet(&self, layer: &Layer, h: &Jet, key_bias: &Tensor, train: bool) -> Result<Jet> {
+        let (b, n, d) = h.primal().dims3()?;
+        let heads = self.config.num_attention_heads;
+        let split = |x: Jet| -> Result<Jet> {
+            Ok(x.map_linear(|t| {
+                t.reshape((b, n, heads, d / heads))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            })?)
+        };
+        let q = split(layer.query.forward_jet(h, train)?)?;
+        let k = split(layer.key.forward_jet(h, train)?)?;
+        let v = split(layer.value.forward_jet(h, train)?)?;
+        let scale = 1.0 / ((d / heads) as f64).sqrt();
+        let keys = k.map_linear(|t| t.t()?.contiguous())?;
+        let scores = q
+            .matmul(&keys)?
+            .affine(scale, 0.0)?
+            .broadcast_add_constant(key_bias)?;
+        let context = scores
+            .softmax_last_dim()?
+            .matmul(&v)?
+            .map_linear(|t| t.transpose(1, 2)?.reshape((b, n, d)))?;
+        layer.attention_out.forward_jet(&context, train)
+    }
+
     fn check_mask(&self, e: &Tensor, mask: &Tensor) -> Result<()> {
         let (b, n, _) = e.dims3().map_err(|_| Error::ShapeMismatch {
             name: "e",
@@ -739,6 +773,41 @@ impl BertClassifier {
             h = layer.output_norm.forward_fused(&(h + f)?)?;
         }
         Ok(h)
+    }
+
+    /// [`Self::hidden_states`] on a jet of the word embeddings (Taylor mode, [`crate::jet`]).
+    pub fn hidden_states_jet(&self, e: &Jet, mask: &Tensor) -> Result<Jet> {
+        self.check_mask(e.primal(), mask)?;
+        let train = self.mode.is_train();
+        let n = e.primal().dim(1)?;
+        let position = self.position.narrow(0, self.config.position_offset(), n)?;
+        let token_type = self.token_type.narrow(0, 0, 1)?;
+        let embedded = e
+            .broadcast_add_constant(&position)?
+            .broadcast_add_constant(&token_type)?;
+        let mut h = self.embedding_norm.forward_jet(&embedded)?;
+        let key_bias = ((mask.unsqueeze(1)?.unsqueeze(1)? - 1.0)? * 1e4)?;
+        for layer in &self.layers {
+            let a = self.attention_jet(layer, &h, &key_bias, train)?;
+            h = layer.attention_norm.forward_jet(&h.add(&a)?)?;
+            let up = self
+                .config
+                .hidden_act
+                .apply_jet(&layer.up.forward_jet(&h, train)?)?;
+            let f = layer.down.forward_jet(&up, train)?;
+            h = layer.output_norm.forward_jet(&h.add(&f)?)?;
+        }
+        Ok(h)
+    }
+
+    /// [`Self::logits_from_embeddings`] on a jet of the word embeddings.
+    pub fn logits_from_embeddings_jet(&self, e: &Jet, mask: &Tensor) -> Result<Jet> {
+        let h = self.hidden_states_jet(e, mask)?;
+        let pooled = match self.head.pooling {
+            Pooling::Cls => h.map_linear(|t| t.narrow(1, 0, 1)?.squeeze(1))?,
+            Pooling::Mean => h.map_linear(|t| Ok(masked_mean(t, mask)?))?,
+        };
+        self.classifier.forward_jet(&pooled, self.mode.is_train())
     }
 
     /// The head's summary `(b, hidden)` of the last layer ([`Pooling`]).

@@ -5,7 +5,7 @@
 
 use super::layers::{Conv, Dense, Mode};
 use crate::init::SeededVarMap;
-use crate::{Error, Result, Rng};
+use crate::{Error, Jet, Result, Rng};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Conv2dConfig;
 
@@ -52,8 +52,8 @@ impl Cnn {
         Ok(self)
     }
 
-    /// Logits `(b, classes)` from pixels `(b, 784)`.
-    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+    /// The batch size of pixels `(b, 784)`, or an error naming the shape expected.
+    fn batch_of(x: &Tensor) -> Result<usize> {
         let side = Self::SIDE;
         let (b, pixels) = x.dims2().map_err(|_| Error::ShapeMismatch {
             name: "x",
@@ -67,11 +67,28 @@ impl Cnn {
                 got: vec![b, pixels],
             });
         }
+        Ok(b)
+    }
+
+    /// Logits `(b, classes)` from pixels `(b, 784)`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, side) = (Self::batch_of(x)?, Self::SIDE);
         let train = self.mode.is_train();
         let h = x.reshape((b, 1, side, side))?;
         let h = crate::fused::gelu_erf(&self.conv1.forward(&h, train)?)?;
         let h = crate::fused::gelu_erf(&self.conv2.forward(&h, train)?)?;
         self.classifier.forward(&h.flatten_from(1)?, train)
+    }
+
+    /// [`Cnn::logits`] on a jet of the pixels (Taylor mode, [`crate::jet`]).
+    pub fn logits_jet(&self, x: &Jet) -> Result<Jet> {
+        let (b, side) = (Self::batch_of(x.primal())?, Self::SIDE);
+        let train = self.mode.is_train();
+        let h = x.map_linear(|t| t.reshape((b, 1, side, side)))?;
+        let h = self.conv1.forward_jet(&h, train)?.gelu_erf()?;
+        let h = self.conv2.forward_jet(&h, train)?.gelu_erf()?;
+        self.classifier
+            .forward_jet(&h.map_linear(|t| t.flatten_from(1))?, train)
     }
 
     /// The number of classes.

@@ -2,7 +2,7 @@
 //! only, [`crate::SpectralNorm`]), and the training / evaluation switch. [`Dense`] runs on the fused
 //! [`crate::fused::linear`]. Book: "Models", and "L-constraint" for the normalisation.
 
-use crate::{Result, Rng, SpectralNorm};
+use crate::{Jet, Result, Rng, SpectralNorm};
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use std::sync::Mutex;
@@ -90,6 +90,11 @@ impl Dense {
         )?)
     }
 
+    /// [`Dense::forward`] on a jet (Taylor mode, [`crate::jet`]).
+    pub fn forward_jet(&self, x: &Jet, train: bool) -> Result<Jet> {
+        Ok(x.linear(&self.weight.get(train)?, Some(&self.bias))?)
+    }
+
     /// The raw weight `(out, inp)`.
     pub fn weight(&self) -> &Tensor {
         &self.weight.weight
@@ -136,6 +141,14 @@ impl Conv {
             self.config,
         );
         Ok(conv.forward(x)?)
+    }
+
+    /// [`Conv::forward`] on a jet: the convolution is linear, the bias enters the value only.
+    pub fn forward_jet(&self, x: &Jet, train: bool) -> Result<Jet> {
+        let conv = candle_nn::Conv2d::new(self.weight.get(train)?, None, self.config);
+        let bias = self.bias.reshape((1, self.bias.elem_count(), 1, 1))?;
+        Ok(x.map_linear(|t| conv.forward(t))?
+            .broadcast_add_constant(&bias)?)
     }
 
     /// The raw kernel.

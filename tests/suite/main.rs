@@ -12,6 +12,7 @@ mod freelb;
 mod fused;
 mod gradient_penalty;
 mod init;
+mod jet;
 mod laplacian;
 mod local_linearity;
 mod method;

@@ -537,3 +537,71 @@ fn spectral_normalisation_bounds_the_cnn() {
     );
     assert!(change > 0.0);
 }
+
+/// `(loss, v^T H v)` by the jet form and by double backward of the ordinary loss.
+fn both_curvatures(
+    target: &advtrain::Target,
+    loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    jet: &dyn Fn(&advtrain::Jet) -> candle_core::Result<advtrain::Jet>,
+) -> [(f64, f64); 2] {
+    use advtrain::laplacian::{self, CurvatureMethod, ProbeKind};
+    let v = ProbeKind::Rademacher
+        .sample(target, &mut advtrain::Rng::new(8))
+        .unwrap();
+    let value = |t: Tensor| t.to_scalar::<f64>().unwrap();
+    let exact = laplacian::curvature(target, loss, &v, CurvatureMethod::DoubleBackward).unwrap();
+    let taylor = laplacian::jet_curvature(target, jet, &v).unwrap();
+    let out = jet(&advtrain::Jet::new(target.point(), &v).unwrap()).unwrap();
+    [
+        (
+            value(out.primal().clone()),
+            value(target.loss(loss).unwrap()),
+        ),
+        (value(taylor), value(exact)),
+    ]
+}
+
+#[test]
+fn the_models_jet_forms_match_double_backward() {
+    let (ids, mask, labels) = batch();
+    let mut gelu_tanh = tiny_config();
+    gelu_tanh.hidden_act = Activation::GeluTanh;
+    let head = |pooling| Head {
+        classes: 3,
+        pooling,
+    };
+    let models = [
+        tiny(Pooling::Mean),
+        tiny(Pooling::Cls),
+        BertClassifier::new(gelu_tanh, head(Pooling::Mean), 5, DType::F64, &Device::Cpu).unwrap(),
+    ];
+    for (i, model) in models.iter().enumerate() {
+        let e = model.embed(&ids).unwrap();
+        let target = advtrain::Target::embedding_output(&e, Some(&mask)).unwrap();
+        let loss = |e: &Tensor| {
+            advtrain::fused::cross_entropy(&model.logits_from_embeddings(e, &mask)?, &labels)
+        };
+        let jet = |e: &advtrain::Jet| {
+            model
+                .logits_from_embeddings_jet(e, &mask)?
+                .cross_entropy(&labels)
+        };
+        for (taylor, exact) in both_curvatures(&target, &loss, &jet) {
+            let error = (taylor - exact).abs() / exact.abs();
+            assert!(
+                error < 1e-12,
+                "BERT {i}: {taylor} against {exact} ({error:e})"
+            );
+        }
+    }
+    let cnn = Cnn::new(1, 10, DType::F64, &Device::Cpu).unwrap();
+    let labels = Tensor::new(&[3u32, 8], &Device::Cpu).unwrap();
+    let x = pixels(2);
+    let loss = |x: &Tensor| advtrain::fused::cross_entropy(&cnn.logits(x)?, &labels);
+    let jet = |x: &advtrain::Jet| cnn.logits_jet(x)?.cross_entropy(&labels);
+    let target = advtrain::Target::input(&x).unwrap();
+    for (taylor, exact) in both_curvatures(&target, &loss, &jet) {
+        let error = (taylor - exact).abs() / exact.abs();
+        assert!(error < 1e-12, "CNN: {taylor} against {exact} ({error:e})");
+    }
+}

@@ -4,10 +4,12 @@
 use advtrain::Method;
 use advtrain::laplacian::{self, CurvatureMethod, ProbeKind};
 use advtrain::second_order::{self, ENV_VAR};
-use advtrain::toy::{Setup, problem};
+use advtrain::toy::{Activation, Mlp, Setup, problem};
 use advtrain::{
-    Divergence, Error, Fgm, GradientPenalty, Laplacian, PenaltyMethod, Rng, TargetShift,
+    Batch, Divergence, Error, Fgm, GradientPenalty, Jet, Laplacian, PenaltyMethod, Rng, Target,
+    TargetShift,
 };
+use candle_core::{DType, Device, Tensor};
 use std::process::Command;
 
 const CHILD_MARKER: &str = "second-order-off child ran";
@@ -112,5 +114,57 @@ fn child_with_second_order_off() {
         .unwrap()
         .step(&p.batch(), &mut Rng::new(0))
         .unwrap();
+    // Taylor mode differentiates no gradient: exact curvature with second order off.
+    let model = Mlp::new(
+        &[6, 16, 16, 4],
+        Activation::Tanh,
+        1,
+        DType::F64,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut rng = Rng::new(2);
+    let x = rng.normal((8, 6), DType::F64, &Device::Cpu).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2, 3, 0, 1, 2, 3], &Device::Cpu).unwrap();
+    let target = Target::input(&x).unwrap();
+    let (loss, jet) = (
+        |x: &Tensor| model.loss(x, &labels),
+        |x: &Jet| model.loss_jet(x, &labels),
+    );
+    let step = |method| {
+        Laplacian::new(0.5)
+            .unwrap()
+            .with_method(method)
+            .unwrap()
+            .step(&Batch::new(&target, &loss).with_jet(&jet), &mut Rng::new(3))
+            .unwrap()
+    };
+    // And it is right: the same step by second differences approaches it at order 2 in h.
+    let taylor = step(CurvatureMethod::Taylor);
+    let steps = [4e-3, 2e-3, 1e-3];
+    let errors: Vec<f64> = steps
+        .iter()
+        .map(|&h| {
+            let differences = step(CurvatureMethod::FiniteDifference { h });
+            let vars = model.vars();
+            let (a, b): (Vec<_>, Vec<_>) = vars
+                .iter()
+                .map(|v| {
+                    let grad = |s: &advtrain::Step| {
+                        s.grads.get(v.as_tensor()).unwrap().flatten_all().unwrap()
+                    };
+                    (grad(&taylor), grad(&differences))
+                })
+                .unzip();
+            let (a, b) = (Tensor::cat(&a, 0).unwrap(), Tensor::cat(&b, 0).unwrap());
+            advtrain::verify::relative_error(&b, &a).unwrap()
+        })
+        .collect();
+    let fit = advtrain::verify::fit_order(&steps, &errors).unwrap();
+    assert!(
+        (fit.slope - 2.0).abs() < 0.1,
+        "order {} from {errors:?}",
+        fit.slope
+    );
     println!("{CHILD_MARKER}");
 }
