@@ -9,6 +9,7 @@
 //! | [`softmax_last_dim`], [`log_softmax_last_dim`] | [`crate::ops::softmax_last_dim`], [`crate::ops::log_softmax_last_dim`] | `softmax` |
 //! | [`cross_entropy`] | `candle_nn::loss::cross_entropy` | `softmax` |
 //! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
+//! | [`conv2d`] | `Tensor::conv2d` (its backward) | `conv` |
 //! | [`backward_for`], [`backward_except`] | `Tensor::backward` | `wanted` |
 //!
 //! Every op's backward is itself a fused op whose backward is built from differentiable pieces, so
@@ -20,6 +21,7 @@
 //! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
 //! device each function falls back to the composite form. Book: "Fused operations and speed".
 
+mod conv;
 mod gelu;
 mod kernel;
 mod layer_norm;
@@ -27,6 +29,7 @@ mod linear;
 mod softmax;
 mod wanted;
 
+pub use conv::conv2d;
 pub(crate) use gelu::{CUBIC, Derivative, SQRT_2_OVER_PI, gelu_erf_scaled, gelu_tanh_scaled};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use kernel::{erf_f32, exp_f32};

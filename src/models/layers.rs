@@ -3,7 +3,7 @@
 //! [`crate::fused::linear`]. Book: "Models", and "L-constraint" for the normalisation.
 
 use crate::{Jet, Result, Rng, SpectralNorm};
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Conv2dConfig, VarBuilder};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,7 +101,7 @@ impl Dense {
     }
 }
 
-/// A 2-D convolution (candle's `conv2d`, differentiable to second order) with an optionally
+/// A 2-D convolution ([`crate::fused::conv2d`], differentiable to any order) with an optionally
 /// normalised kernel (the kernel reshaped to `(out, in*k*k)`: a bound on the kernel, not on the
 /// convolution operator, whose norm can be larger where windows overlap).
 pub struct Conv {
@@ -119,6 +119,16 @@ impl Conv {
         config: Conv2dConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
+        if config.dilation != 1 || config.groups != 1 {
+            return Err(crate::Error::InvalidArgument {
+                name: "config",
+                reason: format!(
+                    "dilation {} and groups {}: the fused convolution has dilation 1 and one group",
+                    config.dilation, config.groups
+                ),
+                fix: "pass Conv2dConfig { padding, stride, ..Default::default() }".into(),
+            });
+        }
         let conv = candle_nn::conv2d(inp, out, kernel, config, vb)?;
         let bias = conv.bias().cloned().expect("candle_nn::conv2d has a bias");
         Ok(Self {
@@ -133,22 +143,27 @@ impl Conv {
         self.weight.normalise(rng)
     }
 
-    /// Applies the convolution to `x` of shape `(b, inp, h, w)`.
+    /// Applies the convolution to `x` of shape `(b, inp, h, w)`, by [`crate::fused::conv2d`].
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let conv = candle_nn::Conv2d::new(
-            self.weight.get(train)?,
-            Some(self.bias.clone()),
-            self.config,
-        );
-        Ok(conv.forward(x)?)
+        let (stride, padding) = (self.config.stride, self.config.padding);
+        Ok(crate::fused::conv2d(
+            x,
+            &self.weight.get(train)?,
+            Some(&self.bias),
+            stride,
+            padding,
+        )?)
     }
 
     /// [`Conv::forward`] on a jet: the convolution is linear, the bias enters the value only.
     pub fn forward_jet(&self, x: &Jet, train: bool) -> Result<Jet> {
-        let conv = candle_nn::Conv2d::new(self.weight.get(train)?, None, self.config);
+        let (stride, padding) = (self.config.stride, self.config.padding);
+        let kernel = self.weight.get(train)?;
         let bias = self.bias.reshape((1, self.bias.elem_count(), 1, 1))?;
-        Ok(x.map_linear(|t| conv.forward(t))?
-            .broadcast_add_constant(&bias)?)
+        Ok(
+            x.map_linear(|t| crate::fused::conv2d(t, &kernel, None, stride, padding))?
+                .broadcast_add_constant(&bias)?,
+        )
     }
 
     /// The raw kernel.

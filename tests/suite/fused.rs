@@ -30,6 +30,14 @@ fn layer(dtype: DType) -> (Tensor, Tensor) {
     (w.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap())
 }
 
+/// A 2 -> 3 channel, 3 x 3 convolution's kernel and bias.
+fn conv_layer(dtype: DType) -> (Tensor, Tensor) {
+    let mut rng = Rng::new(12);
+    let k = (rng.normal((3, 2, 3, 3), DType::F64, &Device::Cpu).unwrap() * 0.3).unwrap();
+    let b = (rng.normal(3, DType::F64, &Device::Cpu).unwrap() * 0.1).unwrap();
+    (k.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap())
+}
+
 fn cases() -> Vec<Case> {
     let weight = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.7, 1.1, -0.3], &Device::Cpu).unwrap();
     let bias = Tensor::new(&[0.1f64, -0.2, 0.3, 0.0, 0.5, -0.4, 0.2], &Device::Cpu).unwrap();
@@ -86,6 +94,25 @@ fn cases() -> Vec<Case> {
             fused: Box::new(fused::log_softmax_last_dim),
             composite: Box::new(advtrain::ops::log_softmax_last_dim),
             shape: (5, 7),
+        },
+        Case {
+            name: "conv2d",
+            // Two 6 x 6 images of 2 channels, a 3 x 3 kernel to 3 channels at stride 2 with
+            // padding 1, then GELU; candle's conv2d is the reference.
+            fused: Box::new(|x| {
+                let (k, b) = conv_layer(x.dtype());
+                let y = fused::conv2d(&x.reshape((2, 2, 6, 6))?, &k, Some(&b), 2, 1)?;
+                fused::gelu_erf(&y.flatten_from(1)?)
+            }),
+            composite: Box::new(|x| {
+                let (k, b) = conv_layer(x.dtype());
+                let y = x.reshape((2, 2, 6, 6))?.conv2d(&k, 1, 2, 1, 1)?;
+                ops::gelu_erf(
+                    &y.broadcast_add(&b.reshape((1, 3, 1, 1))?)?
+                        .flatten_from(1)?,
+                )
+            }),
+            shape: (2, 72),
         },
         Case {
             name: "cross_entropy",
@@ -437,4 +464,63 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
             "{name}: gradients differ between 1 and 2 threads"
         );
     }
+}
+
+/// The kernel's and bias's gradients equal candle's, to first order and through gradient penalty
+/// (the gradient of a gradient norm), for windows that overlap (stride 1), skip (stride 3) and
+/// are rectangular; mismatched shapes are errors naming the argument.
+#[test]
+fn conv2d_kernel_gradients_equal_candles_to_second_order() {
+    let mut rng = Rng::new(13);
+    // candle's conv2d backward takes the width's output padding from the height's, so the second
+    // geometry leaves the same remainder in both (7 = 3 + 2 + 2, 9 = 3 + 4 + 2).
+    for (kernel_shape, stride, padding) in [((4, 3, 3, 3), 1, 1), ((4, 3, 2, 4), 3, 0)] {
+        let x = rng.normal((2, 3, 7, 9), DType::F64, &Device::Cpu).unwrap();
+        let k = Var::from_tensor(
+            &(rng.normal(kernel_shape, DType::F64, &Device::Cpu).unwrap() * 0.3).unwrap(),
+        )
+        .unwrap();
+        let b = Var::from_tensor(&rng.normal(4, DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let penalised = |fused_op: bool| {
+            let point = Var::from_tensor(&x).unwrap();
+            let y = if fused_op {
+                fused::conv2d(
+                    point.as_tensor(),
+                    k.as_tensor(),
+                    Some(b.as_tensor()),
+                    stride,
+                    padding,
+                )
+            } else {
+                point
+                    .as_tensor()
+                    .conv2d(k.as_tensor(), padding, stride, 1, 1)
+                    .and_then(|y| y.broadcast_add(&b.as_tensor().reshape((1, 4, 1, 1))?))
+            }
+            .unwrap();
+            let loss = scalar(&y.tanh().unwrap()).unwrap();
+            let g = loss.backward().unwrap().remove(point.as_tensor()).unwrap();
+            let objective = (loss + g.sqr().unwrap().sum_all().unwrap()).unwrap();
+            let grads = objective.backward().unwrap();
+            [k.as_tensor(), b.as_tensor()].map(|t| grads.get(t).unwrap().clone())
+        };
+        let (ours, candles) = (penalised(true), penalised(false));
+        for (a, c) in ours.iter().zip(&candles) {
+            let error = relative_error(a, c).unwrap();
+            assert!(error < 1e-12, "{kernel_shape:?} stride {stride}: {error:e}");
+        }
+    }
+    let x = Tensor::zeros((1, 3, 5, 5), DType::F64, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((2, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
+    let error = fused::conv2d(&x, &k, None, 1, 0).unwrap_err().to_string();
+    assert!(
+        error.contains("kernel") && error.contains("3 input channels"),
+        "{error}"
+    );
+    let k = Tensor::zeros((2, 3, 7, 7), DType::F64, &Device::Cpu).unwrap();
+    let error = fused::conv2d(&x, &k, None, 1, 0).unwrap_err().to_string();
+    assert!(error.contains("fits"), "{error}");
+    let k = Tensor::zeros((2, 3, 3, 3), DType::F64, &Device::Cpu).unwrap();
+    let error = fused::conv2d(&x, &k, None, 0, 0).unwrap_err().to_string();
+    assert!(error.contains("stride"), "{error}");
 }
