@@ -10,7 +10,7 @@
 //! * a bilinear product (elementwise or matrix): `(a0 b0, a1 b0 + a0 b1, a2 b0 + 2 a1 b1 + a0 b2)`.
 //!
 //! Started at `(x, v, 0)` and pushed through a scalar loss, the jet comes out as
-//! `(L(x), g^T v, v^T H v)` (eq. (3.3) of the book): the curvature a Hutchinson probe needs, exact,
+//! `(L(x), g^T v, v^T H v)` (eq. (3.8) of the book): the curvature a Hutchinson probe needs, exact,
 //! from one forward pass that carries three streams. Its graph is an ordinary first-order graph, so
 //! training through the curvature needs one backward pass and no second order
 //! ([`crate::second_order`] may stay off). Reverse-over-reverse takes a forward pass, a backward pass
@@ -22,7 +22,7 @@
 //! (reshapes, transposes, pooling, lookups, convolutions). A part that is known to be zero (the
 //! second part of the starting jet) is left out, so a model's first layer costs two products, not
 //! three. `tests/suite/jet.rs` checks every rule against double backward (f64, to 1e-12) and
-//! against finite differences. Book chapter: "Noise", section "Taylor mode".
+//! against finite differences. Book chapter: "Taylor mode" (eqs. (3.6)-(3.9)).
 
 use crate::fused::{self, Derivative};
 use crate::{Error, Result};

@@ -73,6 +73,8 @@ mod book {
     mod min_max {}
     #[doc = include_str!("../book/src/noise.md")]
     mod noise {}
+    #[doc = include_str!("../book/src/jet.md")]
+    mod jet {}
     #[doc = include_str!("../book/src/target_shift.md")]
     mod target_shift {}
     #[doc = include_str!("../book/src/fgm_and_gradient_penalty.md")]

@@ -504,6 +504,25 @@ fn taylor_mode_says_what_it_needs() {
     let error =
         laplacian::jet_curvature(&in_place, &jet, &weight.zeros_like().unwrap()).unwrap_err();
     assert!(error.to_string().contains("in-place"), "{error}");
+    // The set-up check passes the model's own jet form and names the part a wrong one gets wrong.
+    let jet = |x: &Jet| mlp.jet(x);
+    let check = laplacian::check_jet(&target, &loss, &jet, &mut rng).unwrap();
+    assert!(check.value < 1e-14 && check.slope < 1e-12, "{check:?}");
+    assert!(check.curvature.unwrap() < 1e-12, "{check:?}");
+    let without_last_gelu = |x: &Jet| {
+        let (w, b) = &mlp.layers[0];
+        let h = x.linear(w.as_tensor(), Some(b.as_tensor()))?.gelu_erf()?;
+        let (w, b) = &mlp.layers[1];
+        let h = h.linear(w.as_tensor(), Some(b.as_tensor()))?;
+        let (w, b) = &mlp.layers[2];
+        h.linear(w.as_tensor(), Some(b.as_tensor()))?
+            .cross_entropy(&mlp.labels)
+    };
+    let error = laplacian::check_jet(&target, &loss, &without_last_gelu, &mut rng).unwrap_err();
+    assert!(
+        error.to_string().contains("jet_fn") && error.to_string().contains("value"),
+        "{error}"
+    );
     // Parts of another shape or dtype.
     let error = Jet::new(&x, &x.narrow(0, 0, 2).unwrap()).unwrap_err();
     assert!(error.to_string().contains("direction"), "{error}");

@@ -139,6 +139,9 @@ fn child_with_second_order_off() {
             .step(&Batch::new(&target, &loss).with_jet(&jet), &mut Rng::new(3))
             .unwrap()
     };
+    // The set-up check compares value and slope, and says it could not compare the curvature.
+    let check = laplacian::check_jet(&target, &loss, &jet, &mut Rng::new(4)).unwrap();
+    assert!(check.value < 1e-14 && check.slope < 1e-12 && check.curvature.is_none());
     // And it is right: the same step by second differences approaches it at order 2 in h.
     let taylor = step(CurvatureMethod::Taylor);
     let steps = [4e-3, 2e-3, 1e-3];
