@@ -121,3 +121,94 @@ fn cpu_f64_agrees_with_itself() {
     let reference = Placement::cpu_f64();
     report(&[gradients_agree(&reference, &reference, F64_AGREEMENT).unwrap()]);
 }
+
+/// Taylor mode's curvature against double backward on `device`, f64, for the toy MLP (tanh), the
+/// CNN (the fused convolution, candle's `conv2d` off the CPU) and a small BERT classifier (the GELU
+/// rules' composite form off the CPU): the relative differences.
+fn taylor_against_double_backward(device: &Device) -> Vec<(&'static str, f64)> {
+    use advtrain::laplacian::{self, CurvatureMethod};
+    use advtrain::models::{BertClassifier, BertConfig, Cnn, Head, Pooling};
+    use advtrain::toy::{Activation, Mlp};
+    use advtrain::{Jet, Rng, Target, fused};
+    use candle_core::Tensor;
+    let f64_scalar = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let compare = |target: &Target,
+                   loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+                   jet: &dyn Fn(&Jet) -> candle_core::Result<Jet>| {
+        let v = ProbeKind::Rademacher
+            .sample(target, &mut Rng::new(3))
+            .unwrap();
+        let exact = f64_scalar(
+            laplacian::curvature(target, loss, &v, CurvatureMethod::DoubleBackward).unwrap(),
+        );
+        let taylor = f64_scalar(laplacian::jet_curvature(target, jet, &v).unwrap());
+        (taylor - exact).abs() / exact.abs()
+    };
+    let mut rng = Rng::new(1);
+    let mlp = Mlp::new(&[6, 16, 4], Activation::Tanh, 2, DType::F64, device).unwrap();
+    let x = rng.normal((8, 6), DType::F64, device).unwrap();
+    let y = Tensor::new(&[0u32, 1, 2, 3, 0, 1, 2, 3], device).unwrap();
+    let cnn = Cnn::new(1, 10, DType::F64, device).unwrap();
+    let pixels = rng.uniform(0.0, 1.0, (2, 784), DType::F64, device).unwrap();
+    let digits = Tensor::new(&[3u32, 8], device).unwrap();
+    let config = BertConfig {
+        hidden_size: 8,
+        num_attention_heads: 2,
+        intermediate_size: 12,
+        ..BertConfig::small(30, 10)
+    };
+    let head = Head {
+        classes: 3,
+        pooling: Pooling::Mean,
+    };
+    let bert = BertClassifier::new(config, head, 3, DType::F64, device).unwrap();
+    let ids = Tensor::new(&[[1u32, 4, 9, 2], [1, 7, 2, 0]], device).unwrap();
+    let mask = Tensor::new(&[[1f64, 1., 1., 1.], [1., 1., 1., 0.]], device).unwrap();
+    let labels = Tensor::new(&[2u32, 0], device).unwrap();
+    let e = bert.embed(&ids).unwrap();
+    vec![
+        (
+            "toy MLP",
+            compare(&Target::input(&x).unwrap(), &|x| mlp.loss(x, &y), &|x| {
+                mlp.loss_jet(x, &y)
+            }),
+        ),
+        (
+            "CNN",
+            compare(
+                &Target::input(&pixels).unwrap(),
+                &|x| fused::cross_entropy(&cnn.logits(x)?, &digits),
+                &|x| cnn.logits_jet(x)?.cross_entropy(&digits),
+            ),
+        ),
+        (
+            "BERT",
+            compare(
+                &Target::embedding_output(&e, Some(&mask)).unwrap(),
+                &|e| fused::cross_entropy(&bert.logits_from_embeddings(e, &mask)?, &labels),
+                &|e| {
+                    bert.logits_from_embeddings_jet(e, &mask)?
+                        .cross_entropy(&labels)
+                },
+            ),
+        ),
+    ]
+}
+
+fn assert_taylor_agrees(device: &Device) {
+    for (model, relative) in taylor_against_double_backward(device) {
+        println!("Taylor mode = double backward | {model} | relative difference {relative:.2e}");
+        assert!(relative < F64_AGREEMENT, "{model}: {relative:e}");
+    }
+}
+
+#[test]
+fn cpu_taylor_mode_matches_double_backward() {
+    assert_taylor_agrees(&Device::Cpu);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_taylor_mode_matches_double_backward() {
+    assert_taylor_agrees(&Device::new_cuda(0).unwrap());
+}
