@@ -38,7 +38,7 @@ pub struct ExperimentArgs {
     /// The experiment: thucnews, mnist, rotten-tomatoes, or clue (a pretrained Chinese BERT from
     /// --model on CLUE files from --train and --dev).
     pub name: String,
-    /// Methods, comma-separated: baseline, noise, fgm, gradient-penalty, pgd, freelb, vat,
+    /// Methods, comma-separated: baseline, noise, laplacian, fgm, gradient-penalty, pgd, freelb, vat,
     /// spectral-norm (default: the experiment's own).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,

@@ -16,8 +16,9 @@ use super::tokenize::{TextTokenizer, pad_batch};
 use advtrain::Method as TrainingMethod;
 use advtrain::models::{BertClassifier, BertConfig, Cnn, Head, Pooling};
 use advtrain::{
-    Accumulator, Batch, Error, Fgm, FreeLb, GradientCheck, GradientPenalty, Noise, Objective,
-    Passes, Pgd, Plain, Result, Rng, Scope, Step, StepNorm, Target, Vat,
+    Accumulator, Batch, CurvatureMethod, Error, Fgm, FreeLb, GradientCheck, GradientPenalty, Jet,
+    Laplacian, Noise, Objective, Passes, Pgd, Plain, Result, Rng, Scope, Step, StepNorm, Target,
+    Vat,
 };
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ use std::time::Instant;
 pub enum Method {
     Baseline,
     Noise,
+    /// The noise's second-order equivalent `sigma^2/2 tr(H)`, one Hutchinson probe by Taylor mode.
+    Laplacian,
     Fgm,
     GradientPenalty,
     Pgd,
@@ -38,9 +41,10 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order tables list them.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Baseline,
         Method::Noise,
+        Method::Laplacian,
         Method::Fgm,
         Method::GradientPenalty,
         Method::Pgd,
@@ -54,6 +58,7 @@ impl Method {
         match self {
             Method::Baseline => "baseline",
             Method::Noise => "noise",
+            Method::Laplacian => "laplacian",
             Method::Fgm => "fgm",
             Method::GradientPenalty => "gradient-penalty",
             Method::Pgd => "pgd",
@@ -79,7 +84,7 @@ impl Method {
     pub fn uses_eps(self) -> bool {
         !matches!(
             self,
-            Method::Baseline | Method::Noise | Method::SpectralNorm
+            Method::Baseline | Method::Noise | Method::Laplacian | Method::SpectralNorm
         )
     }
 }
@@ -486,6 +491,9 @@ impl Method {
         Ok(match self {
             Method::Baseline | Method::SpectralNorm => Box::new(Plain),
             Method::Noise => Box::new(Noise::Gaussian { sigma: hyper.sigma }),
+            Method::Laplacian => {
+                Box::new(Laplacian::new(hyper.sigma)?.with_method(CurvatureMethod::Taylor)?)
+            }
             Method::Fgm => Box::new(
                 Fgm::new(hyper.eps)?
                     .with_norm(norm)
@@ -501,19 +509,25 @@ impl Method {
     }
 }
 
-/// One step of `method` on a batch: the model's logits and the cross-entropy on them.
-fn method_step<G>(
+/// One step of `method` on a batch: the model's logits and the cross-entropy on them, and the same
+/// model on a jet of the point (for the Laplacian's Taylor mode).
+fn method_step<G, J>(
     method: &mut dyn TrainingMethod,
     target: &Target,
-    logits: &G,
+    (logits, jet_logits): (&G, &J),
     labels: &Tensor,
     rng: &mut Rng,
 ) -> Result<Step>
 where
     G: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    J: Fn(&Jet) -> candle_core::Result<Jet>,
 {
     let task = |z: &Tensor| advtrain::fused::cross_entropy(z, labels);
-    method.step(&Batch::with_outputs(target, logits, &task), rng)
+    let jet = |x: &Jet| jet_logits(x)?.cross_entropy(labels);
+    method.step(
+        &Batch::with_outputs(target, logits, &task).with_jet(&jet),
+        rng,
+    )
 }
 
 /// A task the runner trains: a model and its data.
@@ -612,13 +626,20 @@ impl Task for TextTask {
                     .model
                     .logits_from_embeddings(&lookup.embed(rows)?, &mask)?)
             };
-            return method_step(method, &target, &logits, &labels, rng);
+            let jet = |rows: &Jet| -> candle_core::Result<Jet> {
+                let e = rows.map_linear(|t| lookup.embed(t))?;
+                Ok(self.model.logits_from_embeddings_jet(&e, &mask)?)
+            };
+            return method_step(method, &target, (&logits, &jet), &labels, rng);
         }
         let target = Target::embedding_output(&self.model.embed(&ids)?, Some(&mask))?;
         let logits = |e: &Tensor| -> candle_core::Result<Tensor> {
             Ok(self.model.logits_from_embeddings(e, &mask)?)
         };
-        method_step(method, &target, &logits, &labels, rng)
+        let jet = |e: &Jet| -> candle_core::Result<Jet> {
+            Ok(self.model.logits_from_embeddings_jet(e, &mask)?)
+        };
+        method_step(method, &target, (&logits, &jet), &labels, rng)
     }
     fn accuracy(&self, test: bool) -> Result<Evaluation> {
         let data = if test { &self.test } else { &self.dev };
@@ -668,7 +689,8 @@ impl Task for ImageTask {
         let (x, labels) = self.batch(&self.data.train, rows)?;
         let target = Target::input(&x)?;
         let logits = |x: &Tensor| -> candle_core::Result<Tensor> { Ok(self.model.logits(x)?) };
-        method_step(method, &target, &logits, &labels, rng)
+        let jet = |x: &Jet| -> candle_core::Result<Jet> { Ok(self.model.logits_jet(x)?) };
+        method_step(method, &target, (&logits, &jet), &labels, rng)
     }
     fn accuracy(&self, test: bool) -> Result<Evaluation> {
         let data = if test {

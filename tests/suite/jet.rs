@@ -549,3 +549,28 @@ fn toy_mlp_jet_matches_its_loss() {
         );
     }
 }
+
+/// The embedding-rows target: the jet form looks the ids up in a jet of the rows (a linear map),
+/// and its curvature is double backward's.
+#[test]
+fn the_rows_target_takes_a_jet_of_the_looked_up_rows() {
+    let mut rng = Rng::new(31);
+    let encoder = Encoder::new(&mut rng);
+    let matrix = Var::from_tensor(&normal(&mut rng, &[20, D_MODEL], 1.0)).unwrap();
+    let ids = Tensor::new(
+        &[[1u32, 4, 7, 2, 9], [3, 3, 8, 0, 0], [5, 6, 0, 0, 0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (target, lookup) = Target::embedding_rows(&matrix, &ids).unwrap();
+    let loss = |rows: &Tensor| encoder.loss(&lookup.embed(rows)?);
+    let jet = |rows: &Jet| encoder.jet(&rows.map_linear(|t| lookup.embed(t))?);
+    let v = ProbeKind::Rademacher.sample(&target, &mut rng).unwrap();
+    let exact =
+        value(&laplacian::curvature(&target, &loss, &v, CurvatureMethod::DoubleBackward).unwrap());
+    let taylor = value(&laplacian::jet_curvature(&target, &jet, &v).unwrap());
+    assert!(
+        (taylor - exact).abs() / exact.abs() < 1e-12,
+        "{taylor} {exact}"
+    );
+}

@@ -670,3 +670,41 @@ fn eps_auto_chooses_on_dev_with_seeds_the_comparison_leaves_out() {
     assert_eq!(chosen.matches("| chosen |").count(), 1, "{chosen}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The Laplacian regulariser trains by Taylor mode through the runner's models: the CNN on images
+/// and the transformer on the embedding output, one forward pass (three streams) and one backward
+/// pass per step, and its loss differs from the baseline's from the same start.
+#[test]
+fn the_laplacian_trains_by_taylor_mode_on_images_and_texts() {
+    let bar = indicatif::ProgressBar::hidden();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for experiment in ["mnist", "thucnews"] {
+        let line = format!(
+            "{experiment} --quick --seeds 1 --epochs 1 --methods baseline,laplacian --data {root}/data --out {}",
+            std::env::temp_dir()
+                .join(format!(
+                    "advtrain-laplacian-{}-{experiment}",
+                    std::process::id()
+                ))
+                .display()
+        );
+        let options = parse(&args(&line)).unwrap();
+        let prepared = prepare(&options).unwrap();
+        let runs = options.runs();
+        let baseline = run_one(&options, &prepared, runs[0], &bar).unwrap();
+        let laplacian = run_one(&options, &prepared, runs[1], &bar).unwrap();
+        assert_eq!(runs[1].method, Method::Laplacian);
+        let row = &laplacian[0];
+        assert!(
+            row.train_loss.is_finite(),
+            "{experiment}: {}",
+            row.train_loss
+        );
+        assert_eq!(
+            (row.passes_forward, row.passes_backward),
+            (1, 1),
+            "{experiment}"
+        );
+        assert_ne!(row.train_loss, baseline[0].train_loss, "{experiment}");
+    }
+}
