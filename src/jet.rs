@@ -226,33 +226,43 @@ impl Jet {
         })
     }
 
-    /// An elementwise function given its value and `w f'(x0)`, `w f''(x0)` as functions of `w`.
-    fn elementwise<F>(&self, value: Tensor, scaled: F) -> OpResult<Self>
-    where
-        F: Fn(&Tensor, Derivative) -> OpResult<Tensor>,
-    {
-        let curvature = scaled(&self.first.sqr()?, Derivative::Second)?;
+    /// An elementwise function given its value and its derivatives `f'(x0)` (`slope`) and
+    /// `f''(x0)` (`bend`): each derivative is evaluated once, and every part is a product with it.
+    fn elementwise(&self, value: Tensor, slope: &Tensor, bend: &Tensor) -> OpResult<Self> {
+        let curvature = (self.first.sqr()? * bend)?;
         let second = match &self.second {
-            Some(s) => (curvature + scaled(s, Derivative::First)?)?,
+            Some(s) => (curvature + (s * slope)?)?,
             None => curvature,
         };
         Ok(Self {
             primal: value,
-            first: scaled(&self.first, Derivative::First)?,
+            first: (&self.first * slope)?,
             second: Some(second),
         })
+    }
+
+    /// A GELU form: its value and its derivatives by the fused ops that compute `w f'(x)` and
+    /// `w f''(x)`, with `w = 1` (their backward passes are fused ops too).
+    fn gelu_with<F>(&self, value: Tensor, scaled: F) -> OpResult<Self>
+    where
+        F: Fn(&Tensor, Derivative) -> OpResult<Tensor>,
+    {
+        let ones = self.primal.ones_like()?;
+        let slope = scaled(&ones, Derivative::First)?;
+        let bend = scaled(&ones, Derivative::Second)?;
+        self.elementwise(value, &slope, &bend)
     }
 
     /// The exact GELU, by the fused ops of [`fused::gelu_erf`] and its derivatives.
     pub fn gelu_erf(&self) -> OpResult<Self> {
         let x = &self.primal;
-        self.elementwise(fused::gelu_erf(x)?, |w, d| fused::gelu_erf_scaled(x, w, d))
+        self.gelu_with(fused::gelu_erf(x)?, |w, d| fused::gelu_erf_scaled(x, w, d))
     }
 
     /// The tanh GELU, like [`Jet::gelu_erf`].
     pub fn gelu_tanh(&self) -> OpResult<Self> {
         let x = &self.primal;
-        self.elementwise(fused::gelu_tanh(x)?, |w, d| {
+        self.gelu_with(fused::gelu_tanh(x)?, |w, d| {
             fused::gelu_tanh_scaled(x, w, d)
         })
     }
@@ -262,10 +272,7 @@ impl Jet {
         let t = self.primal.tanh()?;
         let slope = (1.0 - t.sqr()?)?;
         let bend = ((&t * &slope)? * -2.0)?;
-        self.elementwise(t, |w, d| match d {
-            Derivative::First => w * &slope,
-            Derivative::Second => w * &bend,
-        })
+        self.elementwise(t, &slope, &bend)
     }
 
     /// ReLU, with `f' = 1` where `x0 > 0` and `f'' = 0` (the kink at 0 is not differentiable: the
