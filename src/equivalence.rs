@@ -524,6 +524,51 @@ pub fn curvature_finite_difference_converges_on(at: &Placement) -> Result<Check>
     })
 }
 
+/// Largest relative difference accepted between two f64 computations of one curvature in a
+/// different order (Taylor mode against double backward).
+pub const F64_SAME_VALUE: f64 = 1e-12;
+
+/// Taylor mode: the jet's second part equals the double-backward curvature `v^T H v`, probe by probe
+/// (the toy MLP's jet form, [`toy::Mlp::loss_jet`], against its loss).
+pub fn taylor_matches_double_backward(probes: usize) -> Result<Check> {
+    let model = toy::Mlp::new(
+        &[6, 16, 16, 4],
+        toy::Activation::Tanh,
+        3,
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    let mut rng = Rng::new(31);
+    let x = rng.normal((8, 6), DType::F64, &Device::Cpu)?;
+    let labels = Tensor::new(&[0u32, 1, 2, 3, 0, 1, 2, 3], &Device::Cpu)?;
+    let target = crate::Target::input(&x)?;
+    let loss = |x: &Tensor| model.loss(x, &labels);
+    let jet = |x: &crate::Jet| model.loss_jet(x, &labels);
+    let (mut worst, mut shown) = (0.0f64, (0.0, 0.0));
+    for _ in 0..probes {
+        let v = ProbeKind::Rademacher.sample(&target, &mut rng)?;
+        let exact = scalar(&laplacian::curvature(
+            &target,
+            &loss,
+            &v,
+            CurvatureMethod::DoubleBackward,
+        )?)?;
+        let taylor = scalar(&laplacian::jet_curvature(&target, &jet, &v)?)?;
+        worst = worst.max((taylor - exact).abs() / exact.abs());
+        shown = (taylor, exact);
+    }
+    Ok(Check {
+        identity: format!("Taylor mode: d^2/dt^2 l(x+tv) = v^T H v [MLP input, {probes} probes]"),
+        left: format!("jet={:.10}", shown.0),
+        right: format!("double backward={:.10}", shown.1),
+        measure: "rel. err",
+        measured: worst,
+        expected: format!("<= {F64_SAME_VALUE:e}"),
+        pass: worst <= F64_SAME_VALUE,
+        points: Vec::new(),
+    })
+}
+
 /// Gradient penalty: the first-order finite-difference weight gradient converges to the double-
 /// backward one as O(h^2).
 pub fn penalty_finite_difference_converges(setup: Setup) -> Result<Check> {
@@ -769,6 +814,7 @@ pub fn all() -> Result<Vec<Check>> {
     checks.push(hutchinson_is_unbiased(ProbeKind::Gaussian, 2000)?);
     checks.push(rademacher_variance_below_gaussian(4000)?);
     checks.push(curvature_finite_difference_converges()?);
+    checks.push(taylor_matches_double_backward(20)?);
     for divergence in [Divergence::SquaredError, Divergence::KullbackLeibler] {
         checks.push(target_shift_matches_gradient_norms(divergence)?);
         checks.push(projection_is_unbiased(divergence, 2000)?);

@@ -8,7 +8,7 @@
 //! the input's gradient, by a direct `conv_transpose2d`, even for an image batch that needs none, and
 //! the kernel's as a convolution with the gradient as kernel; here the linear op leaves out the input's
 //! gradient where nothing asks for it (data) and the kernel's is one matrix product. Book: "Fused
-//! operations and speed", section "Convolution".
+//! operations and speed", section "Taylor mode and the fused convolution".
 
 use super::kernel::{Real, check_input, dispatch1};
 use crate::Error;
