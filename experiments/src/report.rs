@@ -31,6 +31,8 @@ pub struct Summary {
     pub pgd: (f64, f64),
     /// Accuracy under L2 PGD-10 at the training radius.
     pub pgd_l2: (f64, f64),
+    /// The training radius of the group's runs (the L2 attack's radius), when they share one.
+    pub attack_radius: Option<f64>,
     /// Mean seconds per epoch.
     pub seconds_per_epoch: f64,
     /// Seeds whose final epoch predicts one class for every test example.
@@ -133,6 +135,13 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
                 fgsm: mean_std(&finals((m, eps), |r| r.fgsm_accuracy)),
                 pgd: mean_std(&finals((m, eps), |r| r.pgd_accuracy)),
                 pgd_l2: mean_std(&finals((m, eps), |r| r.pgd_l2_accuracy)),
+                attack_radius: {
+                    let radii = finals((m, eps), |r| r.eps);
+                    radii
+                        .first()
+                        .copied()
+                        .filter(|first| radii.iter().all(|r| r == first))
+                },
                 seconds_per_epoch: mean_std(&epochs).0,
                 paired: (m != "baseline")
                     .then(|| {
@@ -192,6 +201,11 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
         .iter()
         .find(|s| s.method == "baseline")
         .map_or(0, |s| s.seeds);
+    // Each run is attacked in the L2 ball of its own training radius: where the rows trained at
+    // different radii (`--eps auto`, a sweep), each L2 cell names its radius.
+    let mut radii: Vec<f64> = summary.iter().filter_map(|s| s.attack_radius).collect();
+    radii.dedup();
+    let name_radius = radii.len() > 1;
     for s in summary {
         let n = s.seeds;
         let vs = s
@@ -219,7 +233,11 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
                 " {} | {} | {} |",
                 pct(s.fgsm, n, false),
                 pct(s.pgd, n, false),
-                pct(s.pgd_l2, n, false)
+                match (name_radius, s.attack_radius) {
+                    (true, Some(r)) if !s.pgd_l2.0.is_nan() =>
+                        format!("{} (radius {r})", pct(s.pgd_l2, n, false)),
+                    _ => pct(s.pgd_l2, n, false),
+                }
             );
         }
         out += &format!(" {:.1} |\n", s.seconds_per_epoch);

@@ -126,6 +126,34 @@ fn a_collapsed_run_is_flagged_in_the_summary_and_an_old_table_still_reads() {
     assert_eq!(rows[0].test_accuracy, 0.7);
 }
 
+/// Each run is attacked in its own training ball: where the rows trained at different radii, each
+/// L2 cell names its radius; where they share one, the table stays as it was.
+#[test]
+fn l2_cells_name_their_radius_when_the_rows_differ() {
+    let attacked = |method: &str, eps: f64, seed: u64, l2: f64| EpochRow {
+        eps,
+        fgsm_accuracy: 0.5,
+        pgd_accuracy: 0.4,
+        pgd_l2_accuracy: l2,
+        ..row(method, seed, 1, 0.9)
+    };
+    let rows = [
+        attacked("baseline", 1.0, 1, 0.6),
+        attacked("fgm", 2.0, 1, 0.7),
+        attacked("gradient-penalty", 4.0, 1, 0.1),
+    ];
+    let table = markdown(&summarise(&rows), true);
+    for cell in ["60.00 (radius 1)", "70.00 (radius 2)", "10.00 (radius 4)"] {
+        assert!(table.contains(cell), "{cell} missing from\n{table}");
+    }
+    let same = [
+        attacked("baseline", 1.0, 1, 0.6),
+        attacked("fgm", 1.0, 1, 0.7),
+    ];
+    let table = markdown(&summarise(&same), true);
+    assert!(!table.contains("radius"), "{table}");
+}
+
 #[test]
 fn the_summary_compares_final_epochs_with_the_baseline() {
     let rows = vec![
