@@ -17,7 +17,7 @@
 //! with its graph, a backward pass through that for `H v`, and a backward pass through all of it.
 //!
 //! The rules here cover the fused op set and what a transformer needs: [`Jet::linear`],
-//! [`Jet::gelu_erf`], [`Jet::gelu_tanh`], [`Jet::tanh`], [`Jet::relu`], [`Jet::layer_norm`], [`Jet::softmax_last_dim`],
+//! [`Jet::gelu_erf`], [`Jet::gelu_tanh`], [`Jet::tanh`], [`Jet::relu`], [`Jet::layer_norm`], [`Jet::softmax_last_dim`], [`Jet::log_softmax_last_dim`],
 //! [`Jet::cross_entropy`], [`Jet::mul`], [`Jet::matmul`], and [`Jet::map_linear`] for any linear map
 //! (reshapes, transposes, pooling, lookups, convolutions). A part that is known to be zero (the
 //! second part of the starting jet) is left out, so a model's first layer costs two products, not
@@ -344,6 +344,26 @@ impl Jet {
             first: (&s * u1)?,
             second: Some((&s * inner)?),
             primal: s,
+        })
+    }
+
+    /// Log-softmax over the last dimension. With `s = softmax(z0)` and `u1 = z1 - <z1>_s`:
+    /// `y1 = u1` and `y2 = z2 - <z2>_s - <u1^2>_s`.
+    pub fn log_softmax_last_dim(&self) -> OpResult<Self> {
+        let s = fused::softmax_last_dim(&self.primal)?;
+        let expect = |t: &Tensor| (&s * t)?.sum_keepdim(D::Minus1);
+        let u1 = self.first.broadcast_sub(&expect(&self.first)?)?;
+        let mut second = expect(&u1.sqr()?)?
+            .neg()?
+            .broadcast_as(u1.shape())?
+            .contiguous()?;
+        if let Some(z2) = &self.second {
+            second = (second + z2.broadcast_sub(&expect(z2)?)?)?;
+        }
+        Ok(Self {
+            primal: fused::log_softmax_last_dim(&self.primal)?,
+            first: u1,
+            second: Some(second),
         })
     }
 

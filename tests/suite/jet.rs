@@ -97,11 +97,16 @@ fn elementwise_rules_match_double_backward() {
         fn(&Tensor) -> candle_core::Result<Tensor>,
         fn(&Jet) -> candle_core::Result<Jet>,
     );
-    let rules: [Pair; 4] = [
+    let rules: [Pair; 5] = [
         ("gelu_erf", fused::gelu_erf, Jet::gelu_erf),
         ("gelu_tanh", fused::gelu_tanh, Jet::gelu_tanh),
         ("tanh", |x| x.tanh(), Jet::tanh),
         ("softmax", fused::softmax_last_dim, Jet::softmax_last_dim),
+        (
+            "log_softmax",
+            fused::log_softmax_last_dim,
+            Jet::log_softmax_last_dim,
+        ),
     ];
     for (name, plain, jet) in rules {
         check_rule(name, &shape, &|x| sum_plain(plain(x)?, &r), &|x| {
