@@ -258,6 +258,24 @@ pub(crate) enum Derivative {
     Second,
 }
 
+/// `first(x, w)` or `second(x, w)` as one fused pass when `x` is on the CPU; `None` elsewhere.
+fn on_cpu(
+    x: &Tensor,
+    w: &Tensor,
+    derivative: Derivative,
+    first: impl CustomOp2 + Send + Sync + 'static,
+    second: impl CustomOp2 + Send + Sync + 'static,
+) -> Option<candle_core::Result<Tensor>> {
+    let fused = || {
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        match derivative {
+            Derivative::First => x.apply_op2(&w, first),
+            Derivative::Second => x.apply_op2(&w, second),
+        }
+    };
+    x.device().is_cpu().then(fused)
+}
+
 /// `w f'(x)` or `w f''(x)` of the exact GELU: the tangent rules of Taylor mode ([`crate::jet`]). One
 /// fused pass on the CPU (the same ops the backward uses, so they differentiate further); the
 /// composite form elsewhere.
@@ -267,12 +285,8 @@ pub(crate) fn gelu_erf_scaled(
     derivative: Derivative,
 ) -> candle_core::Result<Tensor> {
     check_input("x", x)?;
-    if x.device().is_cpu() {
-        let (x, w) = (x.contiguous()?, w.contiguous()?);
-        return match derivative {
-            Derivative::First => x.apply_op2(&w, GeluErfFirst),
-            Derivative::Second => x.apply_op2(&w, GeluErfSecond),
-        };
+    if let Some(fused) = on_cpu(x, w, derivative, GeluErfFirst, GeluErfSecond) {
+        return fused;
     }
     let phi = ((x.sqr()? * -0.5)?.exp()? * FRAC_1_SQRT_2PI)?;
     let f = match derivative {
@@ -292,12 +306,8 @@ pub(crate) fn gelu_tanh_scaled(
     derivative: Derivative,
 ) -> candle_core::Result<Tensor> {
     check_input("x", x)?;
-    if x.device().is_cpu() {
-        let (x, w) = (x.contiguous()?, w.contiguous()?);
-        return match derivative {
-            Derivative::First => x.apply_op2(&w, GeluTanhFirst),
-            Derivative::Second => x.apply_op2(&w, GeluTanhSecond),
-        };
+    if let Some(fused) = on_cpu(x, w, derivative, GeluTanhFirst, GeluTanhSecond) {
+        return fused;
     }
     let (c, k) = (SQRT_2_OVER_PI, CUBIC);
     let x2 = x.sqr()?;

@@ -321,6 +321,17 @@ impl Encoder {
     }
 }
 
+/// An embedding matrix of 20 tokens and the encoder's padded batch of ids.
+fn vocabulary(rng: &mut Rng) -> (Var, Tensor) {
+    let matrix = Var::from_tensor(&normal(rng, &[20, D_MODEL], 1.0)).unwrap();
+    let ids = Tensor::new(
+        &[[1u32, 4, 7, 2, 9], [3, 3, 8, 0, 0], [5, 6, 0, 0, 0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    (matrix, ids)
+}
+
 fn embeddings(rng: &mut Rng) -> Tensor {
     normal(rng, &[3, 5, D_MODEL], 1.0)
 }
@@ -397,12 +408,7 @@ fn models_match_double_backward_and_finite_differences() {
 fn taylor_step_trains_like_double_backward() {
     let mut rng = Rng::new(21);
     let encoder = Encoder::new(&mut rng);
-    let matrix = Var::from_tensor(&normal(&mut rng, &[20, D_MODEL], 1.0)).unwrap();
-    let ids = Tensor::new(
-        &[[1u32, 4, 7, 2, 9], [3, 3, 8, 0, 0], [5, 6, 0, 0, 0]],
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (matrix, ids) = vocabulary(&mut rng);
     let e = matrix
         .as_tensor()
         .index_select(&ids.flatten_all().unwrap(), 0)
@@ -561,12 +567,7 @@ fn toy_mlp_jet_matches_its_loss() {
 fn the_rows_target_takes_a_jet_of_the_looked_up_rows() {
     let mut rng = Rng::new(31);
     let encoder = Encoder::new(&mut rng);
-    let matrix = Var::from_tensor(&normal(&mut rng, &[20, D_MODEL], 1.0)).unwrap();
-    let ids = Tensor::new(
-        &[[1u32, 4, 7, 2, 9], [3, 3, 8, 0, 0], [5, 6, 0, 0, 0]],
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (matrix, ids) = vocabulary(&mut rng);
     let (target, lookup) = Target::embedding_rows(&matrix, &ids).unwrap();
     let loss = |rows: &Tensor| encoder.loss(&lookup.embed(rows)?);
     let jet = |rows: &Jet| encoder.jet(&rows.map_linear(|t| lookup.embed(t))?);
