@@ -161,9 +161,9 @@ pub fn summarise(rows: &[EpochRow]) -> Vec<Summary> {
                         paired_t_test(&differences)
                     })
                     .flatten(),
-                collapsed: finals((m, eps), |r| r.predicted_classes)
+                collapsed: rows
                     .iter()
-                    .filter(|&&k| k == 1.0)
+                    .filter(|r| in_group(r, (m, eps)) && r.epoch == last && r.collapsed())
                     .count(),
             }
         })
@@ -252,6 +252,8 @@ pub struct Tried {
     pub eps: f64,
     pub dev: (f64, f64),
     pub seeds: usize,
+    /// How many of the selection seeds collapsed at this radius ([`EpochRow::collapsed`]).
+    pub collapsed: usize,
 }
 
 /// `--eps auto`'s choice for `method` from its selection rows: the radius with the best mean
@@ -266,15 +268,16 @@ pub fn select_radius(rows: &[EpochRow], method: &str) -> Option<(f64, Vec<Tried>
     let tried: Vec<Tried> = radii
         .iter()
         .map(|&eps| {
-            let dev: Vec<f64> = mine
+            let finals: Vec<&&EpochRow> = mine
                 .iter()
                 .filter(|r| r.eps == eps && r.epoch == last)
-                .map(|r| r.dev_accuracy)
                 .collect();
+            let dev: Vec<f64> = finals.iter().map(|r| r.dev_accuracy).collect();
             Tried {
                 eps,
                 dev: mean_std(&dev),
                 seeds: dev.len(),
+                collapsed: finals.iter().filter(|r| r.collapsed()).count(),
             }
         })
         .collect();
@@ -313,7 +316,12 @@ pub fn write_selection(
                 t.eps,
                 t.seeds,
                 pct(t.dev, t.seeds, false),
-                if t.eps == eps { "chosen" } else { "" }
+                match (t.eps == eps, t.collapsed) {
+                    (true, 0) => "chosen".to_string(),
+                    (true, k) => format!("chosen (collapsed: {k} of {})", t.seeds),
+                    (false, 0) => String::new(),
+                    (false, k) => format!("collapsed: {k} of {}", t.seeds),
+                }
             );
         }
         chosen.push((method, eps));
@@ -363,8 +371,10 @@ pub fn write_all(options: &Options, rows: &[EpochRow], note: Option<&str>) -> Re
         text
     } else {
         format!(
-            "{text}\nCollapsed runs, which predict one class for every test example: {}. Their \
-             accuracy is the majority class's, not a comparison of methods.\n",
+            "{text}\nCollapsed runs, which predict one class for every test example or end with \
+             the training loss at chance level (at least {:.0}% of ln C): {}. Their accuracy is a \
+             guess's, not a comparison of methods.\n",
+            100.0 * super::rows::CHANCE_LOSS_FRACTION,
             collapsed.join(", ")
         )
     };

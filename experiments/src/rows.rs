@@ -31,12 +31,26 @@ pub struct EpochRow {
     /// How many distinct classes the model predicts on the test set: 1 means the run collapsed to a
     /// constant predictor (NaN in tables written before the column existed).
     pub predicted_classes: f64,
+    /// How many classes the task has (NaN in tables written before the column existed).
+    pub classes: f64,
 }
 
+/// A training loss at or above this fraction of `ln C` (a uniform guess over `C` classes) means the
+/// model learned next to nothing: [`EpochRow::collapsed`].
+pub const CHANCE_LOSS_FRACTION: f64 = 0.95;
+
 impl EpochRow {
-    /// Whether the run predicts one class for every test example (of a task with several).
+    /// Whether the run collapsed: it predicts one class for every test example (of a task with
+    /// several), or its training loss stayed at chance level (at least [`CHANCE_LOSS_FRACTION`] of
+    /// `ln C`), where a model that predicts two classes now and then is no better than a guess.
     pub fn collapsed(&self) -> bool {
-        self.predicted_classes == 1.0
+        self.predicted_classes == 1.0 || self.at_chance()
+    }
+
+    /// Whether the training loss is at chance level, `ln C` for `C` classes (false where the number
+    /// of classes is unknown).
+    pub fn at_chance(&self) -> bool {
+        self.classes >= 2.0 && self.train_loss >= CHANCE_LOSS_FRACTION * self.classes.ln()
     }
 }
 
@@ -82,7 +96,7 @@ macro_rules! number_column {
 }
 
 /// The numeric columns, in file order (after `experiment` and `method`).
-const NUMBERS: [NumberColumn; 13] = [
+const NUMBERS: [NumberColumn; 14] = [
     number_column!(eps, f64),
     number_column!(seed, u64),
     number_column!(epoch, usize),
@@ -101,6 +115,10 @@ const NUMBERS: [NumberColumn; 13] = [
     NumberColumn {
         optional: true,
         ..number_column!(pgd_l2_accuracy, f64)
+    },
+    NumberColumn {
+        optional: true,
+        ..number_column!(classes, f64)
     },
 ];
 

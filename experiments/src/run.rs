@@ -582,6 +582,7 @@ pub struct Evaluation {
     correct: usize,
     total: usize,
     predicted: std::collections::BTreeSet<u32>,
+    classes: usize,
 }
 
 impl Evaluation {
@@ -589,6 +590,7 @@ impl Evaluation {
     fn add(&mut self, logits: &Tensor, labels: &Tensor) -> Result<()> {
         self.correct += count_correct(logits, labels)?;
         self.total += labels.dim(0)?;
+        self.classes = logits.dim(1)?;
         self.predicted
             .extend(logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?);
         Ok(())
@@ -602,6 +604,11 @@ impl Evaluation {
     /// The number of distinct predicted classes.
     pub fn predicted_classes(&self) -> usize {
         self.predicted.len()
+    }
+
+    /// The number of classes the model chooses from.
+    pub fn classes(&self) -> usize {
+        self.classes
     }
 }
 
@@ -1190,13 +1197,20 @@ pub fn run_one(
             passes_backward: passes.backward,
             seconds: started.elapsed().as_secs_f64(),
             predicted_classes: test.predicted_classes() as f64,
+            classes: test.classes() as f64,
         };
         if row.collapsed() && epoch == options.epochs {
+            let why = if row.predicted_classes == 1.0 {
+                "it predicts one class for every test example"
+            } else {
+                "its training loss stayed at chance level, ln C"
+            };
             let warning = format!(
-                "warning: {} seed {seed} collapsed: it predicts one class for every test example \
-                 (training loss {:.4}); a smaller --eps or learning rate may help",
+                "warning: {} seed {seed} collapsed: {why} (training loss {:.4}, ln C = {:.4}); a \
+                 smaller --eps or learning rate may help",
                 method.name(),
-                row.train_loss
+                row.train_loss,
+                row.classes.ln()
             );
             if progress.is_hidden() {
                 println!("{warning}");
@@ -1232,6 +1246,14 @@ pub fn run_one(
         rows.push(row);
         checkpoint::save(&checkpoint_path(&dir, epoch), &adam, epoch)?;
         super::rows::write_rows(&rows_file, &rows)?;
+        // Only the newest checkpoint is needed to resume (earlier epochs' rows are in the rows
+        // file); a pretrained encoder's checkpoint with Adam's moments is about 270 MB.
+        for earlier in 1..epoch {
+            let old = checkpoint_path(&dir, earlier);
+            if old.exists() {
+                std::fs::remove_file(&old).map_err(|e| io_error(&old, e))?;
+            }
+        }
     }
     Ok(rows)
 }

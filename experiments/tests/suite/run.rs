@@ -90,6 +90,7 @@ fn row(method: &str, seed: u64, epoch: usize, acc: f64) -> EpochRow {
         passes_backward: 1,
         seconds: 1.0,
         predicted_classes: 3.0,
+        classes: 3.0,
     }
 }
 
@@ -100,6 +101,16 @@ fn a_collapsed_run_is_flagged_in_the_summary_and_an_old_table_still_reads() {
         ..row("gradient-penalty", 2, 1, 0.5)
     };
     assert!(collapsed.collapsed() && !row("fgm", 1, 1, 0.6).collapsed());
+    // A run that still predicts two classes but whose training loss stayed at ln C (ln 10 = 2.303)
+    // learned nothing: collapsed too. One that got below 95% of ln C did not.
+    let at_loss = |loss: f64| EpochRow {
+        train_loss: loss,
+        classes: 10.0,
+        predicted_classes: 2.0,
+        ..row("fgm", 1, 1, 0.2)
+    };
+    assert!(at_loss(2.29).collapsed() && at_loss(2.29).at_chance());
+    assert!(!at_loss(2.0).collapsed());
     let s = summarise(&[
         row("baseline", 1, 1, 0.6),
         row("gradient-penalty", 1, 1, 0.7),
@@ -122,7 +133,8 @@ fn a_collapsed_run_is_flagged_in_the_summary_and_an_old_table_still_reads() {
     let rows = read_rows(&path);
     std::fs::remove_file(&path).unwrap();
     let rows = rows.unwrap();
-    assert!(rows[0].predicted_classes.is_nan() && !rows[0].collapsed());
+    assert!(rows[0].predicted_classes.is_nan() && rows[0].classes.is_nan());
+    assert!(!rows[0].collapsed());
     assert_eq!(rows[0].test_accuracy, 0.7);
 }
 
@@ -396,6 +408,14 @@ fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
     };
     let straight = root.join("straight");
     assert!(command(&straight).status().unwrap().success());
+    // Only the newest checkpoint stays: it alone is needed to resume.
+    let mut kept: Vec<String> = std::fs::read_dir(straight.join("checkpoints/fgm-eps1-seed1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".safetensors"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["epoch-3.safetensors"]);
 
     let killed = root.join("killed");
     let checkpoints = killed.join("checkpoints/fgm-eps1-seed1");
@@ -619,6 +639,12 @@ fn eps_auto_takes_the_best_mean_dev_accuracy_and_a_tie_goes_to_the_smaller_radiu
     let radii: Vec<f64> = tried.iter().map(|t| t.eps).collect();
     assert_eq!(radii, [0.01, 0.1, 1.0]);
     assert!((tried[1].dev.0 - 0.65).abs() < 1e-12 && tried[1].seeds == 2);
+    assert_eq!(tried[1].collapsed, 0);
+    // A selection seed that collapsed is counted against its radius.
+    let mut with_collapse = rows.clone();
+    with_collapse[3].predicted_classes = 1.0;
+    let (_, tried) = select_radius(&with_collapse, "fgm").unwrap();
+    assert_eq!((tried[0].collapsed, tried[1].collapsed), (0, 1));
     // 0.01 and 1.0 tie at 0.7: the smaller wins.
     assert_eq!(select_radius(&rows, "fgm").unwrap().0, 0.01);
     assert!(select_radius(&rows, "vat").is_none());
