@@ -122,6 +122,12 @@ pub struct ExperimentArgs {
     /// used 1 (book, "FGM and gradient penalty", "Matching the weights").
     #[arg(long)]
     pub gp_scale: Option<f64>,
+    /// Text experiments: FGM and gradient penalty in the seeds' form, as the clue experiment runs
+    /// them: one step on the whole embedding matrix, FGM on the adversarial loss alone, gradient
+    /// penalty `eps ||g||^2` of the matrix gradient, default eps 0.5 (instead of per-sentence steps
+    /// on the embedding output).
+    #[arg(long)]
+    pub seeds_form: bool,
     /// Text experiments: the maximum sequence length in tokens; default: the experiment's for its
     /// bundled texts, else the 99th percentile of the training texts' token counts (printed).
     #[arg(long)]
@@ -171,7 +177,12 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             .collect::<Result<_>>()?
     };
     advtrain::error::check_count("--seeds", args.seeds)?;
-    let (eps, selection) = radii(&args, experiment)?;
+    let default_eps = if args.seeds_form {
+        experiment.hyper().seeds_form().eps
+    } else {
+        experiment.hyper().eps
+    };
+    let (eps, selection) = radii(&args, default_eps)?;
     if args.epochs == Some(0) {
         return Err(bad("--epochs", "must be at least 1".into()));
     }
@@ -221,6 +232,7 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             ("--model", args.model.is_some()),
             ("--tokenizer", args.tokenizer.is_some()),
             ("--max-len", args.max_len.is_some()),
+            ("--seeds-form", args.seeds_form),
         ] {
             if given {
                 return Err(bad(
@@ -254,6 +266,7 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
     Ok(Options {
         fgm_objective,
         gp_scale: args.gp_scale,
+        seeds_form: args.seeds_form,
         texts,
         model: args.model,
         tokenizer: args.tokenizer,
@@ -274,7 +287,7 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
 }
 
 /// `--eps`, `--eps-grid` and `--selection-seeds`: fixed radii, or the grid `--eps auto` chooses from.
-fn radii(args: &ExperimentArgs, experiment: Experiment) -> Result<(Vec<f64>, Option<Selection>)> {
+fn radii(args: &ExperimentArgs, default_eps: f64) -> Result<(Vec<f64>, Option<Selection>)> {
     let positive = |flag: &'static str, values: &[f64]| match values
         .iter()
         .find(|e| !(e.is_finite() && **e > 0.0))
@@ -287,7 +300,7 @@ fn radii(args: &ExperimentArgs, experiment: Experiment) -> Result<(Vec<f64>, Opt
         advtrain::error::check_count("--selection-seeds", seeds)?;
         positive("--eps-grid", &args.eps_grid)?;
         let grid = if args.eps_grid.is_empty() {
-            Selection::default_grid(experiment.hyper().eps)
+            Selection::default_grid(default_eps)
         } else {
             args.eps_grid.clone()
         };

@@ -211,6 +211,9 @@ pub struct Options {
     pub fgm_objective: Option<Objective>,
     /// Gradient penalty's weight as a multiple of eps instead of the experiment's (`--gp-scale`).
     pub gp_scale: Option<f64>,
+    /// Text experiments: FGM and gradient penalty in the seeds' form instead of per example
+    /// (`--seeds-form`, [`Hyper::seeds_form`]).
+    pub seeds_form: bool,
     /// The maximum sequence length (`--max-len`); `None`: the experiment's, or the 99th
     /// percentile of the training texts' token counts for the user's texts.
     pub max_len: Option<usize>,
@@ -313,11 +316,27 @@ impl Selection {
 }
 
 impl Options {
+    /// The hyper-parameters every method runs with: the experiment's, in the seeds' form with
+    /// `--seeds-form`, then `--fgm-objective` and `--gp-scale` where given (the radius is each run's).
+    pub fn hyper(&self) -> Hyper {
+        let preset = self.experiment.hyper();
+        let preset = if self.seeds_form {
+            preset.seeds_form()
+        } else {
+            preset
+        };
+        Hyper {
+            fgm_objective: self.fgm_objective.unwrap_or(preset.fgm_objective),
+            gp_scale: self.gp_scale.unwrap_or(preset.gp_scale),
+            ..preset
+        }
+    }
+
     /// Every run, in table order: each method, at each radius where it has one, with each seed.
     /// With `--eps auto` ([`Options::selection`]) these are the runs at the experiment's default
     /// radius; the reported runs come from [`Options::runs_at`] once the radii are chosen.
     pub fn runs(&self) -> Vec<Run> {
-        let default = self.experiment.hyper().eps;
+        let default = self.hyper().eps;
         self.plan(1..=self.seeds as u64, |method| {
             if method.uses_eps() && !self.eps.is_empty() {
                 self.eps.clone()
@@ -346,7 +365,7 @@ impl Options {
     /// The reported runs at the chosen radii (`(method, eps)`; a method without a radius runs at the
     /// experiment's default), with the seeds 1..=`seeds`.
     pub fn runs_at(&self, chosen: &[(Method, f64)]) -> Vec<Run> {
-        let default = self.experiment.hyper().eps;
+        let default = self.hyper().eps;
         self.plan(1..=self.seeds as u64, |method| {
             let eps = chosen.iter().find(|(m, _)| *m == method);
             vec![eps.map_or(default, |(_, e)| *e)]
@@ -416,6 +435,38 @@ const PER_EXAMPLE: Hyper = Hyper {
     gp_norm: StepNorm::L2(Scope::PerExample),
 };
 
+/// The seeds' FGM and gradient penalty: one step on the whole embedding matrix, FGM on the adversarial
+/// loss alone, gradient penalty `L + eps ||g||^2` of the matrix gradient (`Raw` norm, weight
+/// `2 eps`, so `eps = 0.5` is the seeds' `0.5 * 1 * ||g||^2`), at the seeds' radius 0.5.
+const SEEDS_FORM: Hyper = Hyper {
+    eps: 0.5,
+    sigma: 0.0,
+    lr: 0.0,
+    batch: 0,
+    micro_batch: 0,
+    attack_eps: 0.0,
+    gp_scale: 2.0,
+    matrix_target: true,
+    fgm_objective: Objective::AdversarialOnly,
+    gp_norm: StepNorm::Raw,
+};
+
+impl Hyper {
+    /// These settings with FGM and gradient penalty in the seeds' form ([`SEEDS_FORM`]): the
+    /// radius, the target, FGM's objective and gradient penalty's norm and weight; the optimiser,
+    /// the batch and noise stay.
+    pub fn seeds_form(self) -> Hyper {
+        Hyper {
+            sigma: self.sigma,
+            lr: self.lr,
+            batch: self.batch,
+            micro_batch: self.micro_batch,
+            attack_eps: self.attack_eps,
+            ..SEEDS_FORM
+        }
+    }
+}
+
 impl Experiment {
     /// The hyper-parameters used for every method of this experiment.
     pub fn hyper(self) -> Hyper {
@@ -458,16 +509,11 @@ impl Experiment {
             // matrix gradient (weight eps * gp_scale = 1); Adam 2e-5. Batch 32 and the micro-batch
             // of 8 (memory of double backward through BERT-base) are this crate's choices.
             Self::Clue => Hyper {
-                eps: 0.5,
                 sigma: 0.01,
                 lr: 2e-5,
                 batch: 32,
                 micro_batch: 8,
-                attack_eps: 0.0,
-                gp_scale: 2.0,
-                matrix_target: true,
-                fgm_objective: Objective::AdversarialOnly,
-                gp_norm: StepNorm::Raw,
+                ..SEEDS_FORM
             },
         }
     }
@@ -1087,12 +1133,9 @@ pub fn run_one(
     let Run { method, seed, .. } = run;
     // The GPU when the build has CUDA and one is present (cli::run says which), the CPU otherwise.
     let (device, _) = advtrain::device::select();
-    let preset = options.experiment.hyper();
     let hyper = Hyper {
         eps: run.eps,
-        fgm_objective: options.fgm_objective.unwrap_or(preset.fgm_objective),
-        gp_scale: options.gp_scale.unwrap_or(preset.gp_scale),
-        ..preset
+        ..options.hyper()
     };
     let task = build_task(prepared, method, &hyper, seed, &device)?;
     let mut adam = Adam::new(task.named_vars(), hyper.lr, 0.0)?;

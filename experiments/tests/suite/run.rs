@@ -34,6 +34,7 @@ fn options(out: &str, epochs: usize) -> Options {
         max_len: None,
         fgm_objective: None,
         gp_scale: None,
+        seeds_form: false,
         selection: None,
     }
 }
@@ -761,4 +762,51 @@ fn the_laplacian_trains_by_taylor_mode_on_images_and_texts() {
         );
         assert_ne!(row.train_loss, baseline[0].train_loss, "{experiment}");
     }
+}
+
+/// `--seeds-form` runs a text experiment's FGM and gradient penalty as the seeds (and the clue
+/// preset) do: the settings reach every run, `--eps auto`'s grid centres on the seeds' 0.5, the
+/// explicit flags still override, mnist refuses it, and the matrix-target steps train.
+#[test]
+fn the_seeds_form_reaches_the_text_runs_and_mnist_refuses_it() {
+    use advtrain::{Objective, StepNorm};
+    let bar = indicatif::ProgressBar::hidden();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = std::env::temp_dir().join(format!("advtrain-seeds-form-{}", std::process::id()));
+    let base = format!(
+        "thucnews --quick --subset 500 --seeds 1 --epochs 1 --methods fgm,gradient-penalty --data {root}/data --out {}",
+        out.display()
+    );
+    let seeds = parse(&args(&format!("{base} --seeds-form"))).unwrap();
+    let hyper = seeds.hyper();
+    assert!(hyper.matrix_target);
+    assert_eq!(hyper.fgm_objective, Objective::AdversarialOnly);
+    assert_eq!(hyper.gp_norm, StepNorm::Raw);
+    assert_eq!((hyper.eps, hyper.gp_scale), (0.5, 2.0));
+    // The optimiser and the batch stay the experiment's.
+    let per_example = parse(&args(&base)).unwrap().hyper();
+    assert!(!per_example.matrix_target);
+    assert_eq!((hyper.lr, hyper.batch), (per_example.lr, per_example.batch));
+    assert!(seeds.runs().iter().all(|r| r.eps == 0.5));
+    let auto = parse(&args(&format!("{base} --seeds-form --eps auto"))).unwrap();
+    assert_eq!(auto.selection.unwrap().grid, [0.125, 0.25, 0.5, 1.0, 2.0]);
+    let overridden = parse(&args(&format!("{base} --seeds-form --gp-scale 1"))).unwrap();
+    assert_eq!(overridden.hyper().gp_scale, 1.0);
+    let e = parse(&args("mnist --seeds-form")).unwrap_err().to_string();
+    assert!(e.contains("--seeds-form") && e.contains("text"), "{e}");
+    // Both methods train on the matrix target, and differ from the per-example form.
+    let prepared = prepare(&seeds).unwrap();
+    let plain = parse(&args(&base)).unwrap();
+    let plain_prepared = prepare(&plain).unwrap();
+    for (run, other) in seeds.runs().into_iter().zip(plain.runs()) {
+        let row = &run_one(&seeds, &prepared, run, &bar).unwrap()[0];
+        let per_example_row = &run_one(&plain, &plain_prepared, other, &bar).unwrap()[0];
+        assert!(row.train_loss.is_finite(), "{:?}", run.method);
+        assert_ne!(
+            row.train_loss, per_example_row.train_loss,
+            "{:?}",
+            run.method
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
 }
