@@ -452,9 +452,10 @@ const SEEDS_FORM: Hyper = Hyper {
 };
 
 impl Hyper {
-    /// These settings with FGM and gradient penalty in the seeds' form ([`SEEDS_FORM`]): the
-    /// radius, the target, FGM's objective and gradient penalty's norm and weight; the optimiser,
-    /// the batch and noise stay.
+    /// These settings with FGM and gradient penalty in the seeds' form: one step on the whole
+    /// embedding matrix at the seeds' radius 0.5, FGM on the adversarial loss alone, and gradient
+    /// penalty `L + eps ||g||^2` of the matrix gradient (`Raw` norm at weight `2 eps`). The
+    /// optimiser, the batch and noise stay.
     pub fn seeds_form(self) -> Hyper {
         Hyper {
             sigma: self.sigma,
