@@ -188,6 +188,15 @@ fn pct((mean, spread): (f64, f64), seeds: usize, sign: bool) -> String {
     }
 }
 
+/// A p-value to three decimals, or `p < 0.001` where those would read 0.000.
+pub fn p_value(p: f64) -> String {
+    if p < 0.0005 {
+        "p < 0.001".into()
+    } else {
+        format!("p = {p:.3}")
+    }
+}
+
 /// The summary as a Markdown table (accuracies in percent).
 pub fn markdown(summary: &[Summary], robust: bool) -> String {
     let mut out =
@@ -220,7 +229,7 @@ pub fn markdown(summary: &[Summary], robust: bool) -> String {
             let test = if d.t.is_nan() {
                 "every seed the same: no test".to_string()
             } else {
-                format!("t = {:.2}, p = {:.3}", d.t, d.p)
+                format!("t = {:.2}, {}", d.t, p_value(d.p))
             };
             format!("{:+.2} ± {:.2} ({test})", 100.0 * d.mean, 100.0 * d.std)
         });

@@ -214,6 +214,8 @@ fn differences_are_paired_by_seed_with_a_t_test() {
         table.contains("+10.00 ± 28.28 (t = 0.50, p = 0.705)"),
         "{table}"
     );
+    assert_eq!(advtrain_experiments::report::p_value(0.0004), "p < 0.001");
+    assert_eq!(advtrain_experiments::report::p_value(0.0005), "p = 0.001");
     // Every seed gaining the same: no spread, no test; one seed: nothing to pair.
     let same = advtrain_experiments::report::paired_t_test(&[0.02, 0.02]).unwrap();
     assert!(same.t.is_nan() && same.p.is_nan() && (same.mean - 0.02).abs() < 1e-15);
