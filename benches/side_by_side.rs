@@ -610,6 +610,11 @@ fn table(bench: &mut Bench, rounds: usize) -> Result<()> {
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: first thing in main, before any thread exists. The setting a user's main makes
+    // (advtrain::fused::no_idle_spinning); `ADVTRAIN_SPIN=1` leaves candle's default, to measure it.
+    if std::env::var_os("ADVTRAIN_SPIN").is_none() {
+        unsafe { advtrain::fused::no_idle_spinning() };
+    }
     // Gradient penalty and Hutchinson fail with a clear error unless second order is on
     // (CANDLE_GRAD_DO_NOT_DETACH=1); plain and FGM also run with it off, to measure what it costs.
     let mut bench = Bench::new()?;

@@ -11,6 +11,9 @@ fn main() -> ExitCode {
     // SAFETY: set before any other thread exists and before any backward pass, so every thread that
     // candle starts reads the same value (second-order gradients on).
     unsafe { advtrain::second_order::enable_for_new_threads() };
+    // SAFETY: as above. candle's elementwise workers sleep between ops instead of spinning (book,
+    // "Fused operations and speed", "More than one core").
+    unsafe { advtrain::fused::no_idle_spinning() };
     // An unknown command or flag: clap prints the usage and exits with status 2.
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Verify { markdown: false }) {

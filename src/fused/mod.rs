@@ -11,6 +11,7 @@
 //! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
 //! | [`conv2d`] | `Tensor::conv2d` (its backward) | `conv` |
 //! | [`backward_for`], [`backward_except`] | `Tensor::backward` | `wanted` |
+//! | [`no_idle_spinning`] | candle's spinning elementwise workers (a setting) | `threads` |
 //!
 //! Every op's backward is itself a fused op whose backward is built from differentiable pieces, so
 //! gradient penalty and Hutchinson (double backward) keep working and run fused code on both passes.
@@ -27,6 +28,7 @@ mod kernel;
 mod layer_norm;
 mod linear;
 mod softmax;
+mod threads;
 mod wanted;
 
 pub use conv::conv2d;
@@ -36,4 +38,5 @@ pub use kernel::{erf_f32, exp_f32};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};
+pub use threads::{SPIN_LIMIT_VAR, no_idle_spinning};
 pub use wanted::{backward_except, backward_for};

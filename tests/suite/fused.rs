@@ -524,3 +524,40 @@ fn conv2d_kernel_gradients_equal_candles_to_second_order() {
     let error = fused::conv2d(&x, &k, None, 0, 0).unwrap_err().to_string();
     assert!(error.contains("stride"), "{error}");
 }
+
+/// `no_idle_spinning` sets candle's spin limit to 0 where the user has not set it, and leaves a
+/// user's value alone; each case runs in a child process, whose environment nothing else touches.
+#[test]
+fn no_idle_spinning_sets_the_spin_limit_unless_the_user_did() {
+    use std::process::Command;
+    for (given, expected) in [(None, "0"), (Some("7"), "7")] {
+        let mut child = Command::new(std::env::current_exe().unwrap());
+        child.args([
+            "--ignored",
+            "--exact",
+            "fused::child_sets_the_spin_limit",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        match given {
+            Some(value) => child.env(fused::SPIN_LIMIT_VAR, value),
+            None => child.env_remove(fused::SPIN_LIMIT_VAR),
+        };
+        let output = child.output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed:\n{text}");
+        assert!(
+            text.contains(&format!("spin limit after the call: {expected};")),
+            "given {given:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "run by no_idle_spinning_sets_the_spin_limit_unless_the_user_did in a child process"]
+fn child_sets_the_spin_limit() {
+    // SAFETY: the child runs this one test on one thread; nothing else reads the environment.
+    unsafe { fused::no_idle_spinning() };
+    let value = std::env::var(fused::SPIN_LIMIT_VAR).unwrap_or_default();
+    println!("spin limit after the call: {value};");
+}
