@@ -177,12 +177,7 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             .collect::<Result<_>>()?
     };
     advtrain::error::check_count("--seeds", args.seeds)?;
-    let default_eps = if args.seeds_form {
-        experiment.hyper().seeds_form().eps
-    } else {
-        experiment.hyper().eps
-    };
-    let (eps, selection) = radii(&args, default_eps)?;
+    let (eps, selection) = radii(&args, experiment.preset(args.seeds_form).eps)?;
     if args.epochs == Some(0) {
         return Err(bad("--epochs", "must be at least 1".into()));
     }

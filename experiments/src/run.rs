@@ -319,12 +319,7 @@ impl Options {
     /// The hyper-parameters every method runs with: the experiment's, in the seeds' form with
     /// `--seeds-form`, then `--fgm-objective` and `--gp-scale` where given (the radius is each run's).
     pub fn hyper(&self) -> Hyper {
-        let preset = self.experiment.hyper();
-        let preset = if self.seeds_form {
-            preset.seeds_form()
-        } else {
-            preset
-        };
+        let preset = self.experiment.preset(self.seeds_form);
         Hyper {
             fgm_objective: self.fgm_objective.unwrap_or(preset.fgm_objective),
             gp_scale: self.gp_scale.unwrap_or(preset.gp_scale),
@@ -469,6 +464,15 @@ impl Hyper {
 }
 
 impl Experiment {
+    /// [`Experiment::hyper`], in the seeds' form ([`Hyper::seeds_form`]) when `seeds_form`.
+    pub fn preset(self, seeds_form: bool) -> Hyper {
+        if seeds_form {
+            self.hyper().seeds_form()
+        } else {
+            self.hyper()
+        }
+    }
+
     /// The hyper-parameters used for every method of this experiment.
     pub fn hyper(self) -> Hyper {
         match self {

@@ -1,8 +1,8 @@
 //! Threads: candle's elementwise ops on 64k elements or more run on its own pool of workers, which
 //! spin for up to 25,000 rounds after each op before they sleep. Between ops the spinning workers
 //! take cores from the matrix products' threads and from the thread that records the graph: on two
-//! cores, an MLP's FGM step (256 x 512) took 11.4 ms at two threads, more than at one, and 8.3 ms
-//! with the spinning off. [`no_idle_spinning`] turns it off for the process. Book: "Fused
+//! cores, an MLP's FGM step (256 x 512) took 10.7 to 11.9 ms at two threads, no faster than at one
+//! (11.4 ms), and 7.5 to 10.0 ms (median 8.2) with the spinning off. [`no_idle_spinning`] turns it off for the process. Book: "Fused
 //! operations and speed", section "More than one core".
 
 /// The environment variable candle reads, once, when it starts its elementwise pool.
