@@ -23,6 +23,9 @@
 //! [`advtrain::jet`]: each model's jet form, variant `fused` only; JAX's `hutchinson_1` is its
 //! counterpart). `scripts/side_by_side_jax.py` builds the same models and steps in JAX.
 //!
+//! The timed steps run on a worker of advtrain's thread pool ([`fused::in_worker_pool`], what the
+//! experiments do); `ADVTRAIN_POOL=0` runs them on the main thread instead, to measure the difference.
+//!
 //! Plain and FGM steps also run with second order off (`CANDLE_GRAD_DO_NOT_DETACH=0`): the driver
 //! measures what the switch costs first-order methods.
 //!
@@ -402,6 +405,9 @@ struct Bench {
     cnn: Option<Images>,
     minilm: Option<Encoder>,
     rng: Rng,
+    /// Whether the timed steps run on a worker of the thread pool ([`fused::in_worker_pool`], the
+    /// default), or on the main thread (`ADVTRAIN_POOL=0`, to measure the difference).
+    in_pool: bool,
     _params: SeededVarMap,
 }
 
@@ -416,6 +422,7 @@ impl Bench {
             cnn: None,
             minilm: None,
             rng,
+            in_pool: std::env::var("ADVTRAIN_POOL").map_or(true, |v| v != "0"),
             _params: params,
         })
     }
@@ -518,8 +525,17 @@ impl Bench {
     /// Milliseconds for `steps` steps.
     fn time(&mut self, model: &str, variant: &str, method: &str, steps: usize) -> Result<f64> {
         let started = Instant::now();
-        for _ in 0..steps {
-            self.run(model, variant, method)?;
+        let in_pool = self.in_pool;
+        let mut run = || {
+            for _ in 0..steps {
+                self.run(model, variant, method)?;
+            }
+            Ok::<(), advtrain::Error>(())
+        };
+        if in_pool {
+            fused::in_worker_pool(run)?;
+        } else {
+            run()?;
         }
         Ok(started.elapsed().as_secs_f64() * 1e3)
     }

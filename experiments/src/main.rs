@@ -19,8 +19,12 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Verify { markdown: false }) {
         Command::Verify { markdown } => verify(markdown),
         Command::Experiment(args) => {
-            let outcome = advtrain_experiments::cli::options(*args)
-                .and_then(|options| advtrain_experiments::cli::run(&options));
+            // The whole run on a worker of advtrain's pool: the matrix products and fused kernels
+            // split over the cores without waking the caller per op (book, "More than one core").
+            let outcome = advtrain::fused::in_worker_pool(|| {
+                advtrain_experiments::cli::options(*args)
+                    .and_then(|options| advtrain_experiments::cli::run(&options))
+            });
             match outcome {
                 Ok(summary) => {
                     println!("{summary}");

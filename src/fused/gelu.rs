@@ -37,10 +37,12 @@ const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 pub(crate) const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 pub(crate) const CUBIC: f64 = 0.044_715;
 
+#[inline(always)]
 fn phi<T: Real>(x: T) -> T {
     T::constant(FRAC_1_SQRT_2PI) * (T::constant(-0.5) * x * x).exp_fast()
 }
 
+#[inline(always)]
 fn big_phi<T: Real>(x: T) -> T {
     T::constant(0.5) * (T::one() + (x * T::constant(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }

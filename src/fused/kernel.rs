@@ -6,6 +6,7 @@ use candle_core::cpu::erf::erf_f64;
 use candle_core::{CpuStorage, Layout, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// f32 or f64, with the constants and special functions the kernels need.
 ///
@@ -82,7 +83,11 @@ pub fn erf_f32(x: f32) -> f32 {
 pub fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // n as an integer, read from the low bits of `shifted` (same binade as ROUND): `n as i32` is a
+    // saturating cast, which compiles to a scalar conversion per lane and stops the vectorisation.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     const P: [f32; 6] = [
         1.987_569_1e-4,
@@ -94,7 +99,7 @@ pub fn exp_f32(x: f32) -> f32 {
     ];
     let p = P.iter().skip(1).fold(P[0], |p, &c| p * r + c);
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    y * f32::from_bits((n_int.wrapping_add(127) << 23) as u32)
 }
 
 /// The contiguous elements of one CPU tensor.
@@ -197,40 +202,61 @@ fn parallel(len: usize) -> bool {
     len >= 2 * GRAIN && rayon::current_num_threads() > 1
 }
 
+/// Fills a new vector of `len` elements chunk by chunk: `fill(start, out)` writes the elements
+/// `start..start + out.len()`, each exactly once. The chunks run in parallel for a large `len`, each
+/// one compiled for AVX2 and FMA (a loop over a `collect` would not be: the iterator's fold is not
+/// inlined into [`vectorised`], and ran scalar), into memory that is not zero-filled first.
+fn filled<T: Real>(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if parallel(len) {
+        spare
+            .par_chunks_mut(GRAIN)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                vectorised(
+                    #[inline(always)]
+                    || fill(i * GRAIN, chunk),
+                )
+            });
+    } else {
+        vectorised(
+            #[inline(always)]
+            || fill(0, spare),
+        );
+    }
+    // SAFETY: `fill` wrote every element of the first `len` (its contract above).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Applies `f` to every element, vectorised, in parallel chunks for a large `v`.
 pub(crate) fn map<T: Real>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    if !parallel(v.len()) {
-        return vectorised(|| v.iter().map(|&x| f(x)).collect());
-    }
-    let mut out = vec![T::zero(); v.len()];
-    out.par_chunks_mut(GRAIN)
-        .zip(v.par_chunks(GRAIN))
-        .for_each(|(out, v)| {
-            vectorised(|| {
-                for (o, &x) in out.iter_mut().zip(v) {
-                    *o = f(x);
-                }
-            })
-        });
-    out
+    filled(
+        v.len(),
+        #[inline(always)]
+        |start, out| {
+            let end = start + out.len();
+            for (o, &x) in out.iter_mut().zip(&v[start..end]) {
+                o.write(f(x));
+            }
+        },
+    )
 }
 
 /// Applies `f(a, b)` to every pair of elements, vectorised, in parallel chunks for large inputs.
 pub(crate) fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    if !parallel(a.len()) {
-        return vectorised(|| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect());
-    }
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(GRAIN)
-        .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
-        .for_each(|(out, (a, b))| {
-            vectorised(|| {
-                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            })
-        });
-    out
+    let n = a.len().min(b.len());
+    filled(
+        n,
+        #[inline(always)]
+        |start, out| {
+            let end = start + out.len();
+            for ((o, &a), &b) in out.iter_mut().zip(&a[start..end]).zip(&b[start..end]) {
+                o.write(f(a, b));
+            }
+        },
+    )
 }
 
 /// Rows of length `n` per parallel task: at least one, about [`GRAIN`] elements.
@@ -238,23 +264,41 @@ fn rows_per_task(n: usize) -> usize {
     (GRAIN / n.max(1)).max(1)
 }
 
-/// Applies `f(row, out)` to every row of length `n` (the last dimension), whole rows per task.
-pub(crate) fn rows<T: Real>(v: &[T], n: usize, f: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); v.len()];
-    let each = |v: &[T], out: &mut [T]| {
-        for (row, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            f(row, out);
-        }
-    };
-    if parallel(v.len()) {
+/// Fills a new, zero-filled vector of `len` elements in whole rows of `n`: `fill(start, out)` writes
+/// the elements `start..start + out.len()`, a whole number of rows. The tasks run in parallel for a
+/// large `len`, each compiled for AVX2 and FMA like [`filled`].
+fn filled_rows<T: Real>(len: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); len];
+    if parallel(len) {
         let chunk = rows_per_task(n) * n;
-        out.par_chunks_mut(chunk)
-            .zip(v.par_chunks(chunk))
-            .for_each(|(out, v)| each(v, out));
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
+            vectorised(
+                #[inline(always)]
+                || fill(i * chunk, out),
+            )
+        });
     } else {
-        each(v, &mut out);
+        vectorised(
+            #[inline(always)]
+            || fill(0, &mut out),
+        );
     }
     out
+}
+
+/// Applies `f(row, out)` to every row of length `n` (the last dimension), whole rows per task.
+pub(crate) fn rows<T: Real>(v: &[T], n: usize, f: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
+    filled_rows(
+        v.len(),
+        n,
+        #[inline(always)]
+        |start, out| {
+            let v = &v[start..start + out.len()];
+            for (row, out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                f(row, out);
+            }
+        },
+    )
 }
 
 /// Applies `f(a_row, b_row, out)` to every pair of rows of length `n`, whole rows per task.
@@ -264,25 +308,20 @@ pub(crate) fn rows2<T: Real>(
     n: usize,
     f: impl Fn(&[T], &[T], &mut [T]) + Sync,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    let each = |a: &[T], b: &[T], out: &mut [T]| {
-        for ((a, b), out) in a
-            .chunks_exact(n)
-            .zip(b.chunks_exact(n))
-            .zip(out.chunks_exact_mut(n))
-        {
-            f(a, b, out);
-        }
-    };
-    if parallel(a.len()) {
-        let chunk = rows_per_task(n) * n;
-        out.par_chunks_mut(chunk)
-            .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
-            .for_each(|(out, (a, b))| each(a, b, out));
-    } else {
-        each(a, b, &mut out);
-    }
-    out
+    filled_rows(
+        a.len().min(b.len()),
+        n,
+        #[inline(always)]
+        |start, out| {
+            let end = start + out.len();
+            let rows = a[start..end]
+                .chunks_exact(n)
+                .zip(b[start..end].chunks_exact(n));
+            for ((a, b), out) in rows.zip(out.chunks_exact_mut(n)) {
+                f(a, b, out);
+            }
+        },
+    )
 }
 
 /// The length of the last dimension (the rows' length) of a layout.

@@ -11,6 +11,7 @@
 //! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
 //! | [`conv2d`] | `Tensor::conv2d` (its backward) | `conv` |
 //! | [`backward_for`], [`backward_except`] | `Tensor::backward` | `wanted` |
+//! | [`in_worker_pool`] | calling the ops from outside the thread pool | `threads` |
 //! | [`no_idle_spinning`] | candle's spinning elementwise workers (a setting) | `threads` |
 //!
 //! Every op's backward is itself a fused op whose backward is built from differentiable pieces, so
@@ -38,5 +39,5 @@ pub use kernel::{erf_f32, exp_f32};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};
-pub use threads::{SPIN_LIMIT_VAR, no_idle_spinning};
+pub use threads::{SPIN_LIMIT_VAR, WORKER_STACK_BYTES, in_worker_pool, no_idle_spinning};
 pub use wanted::{backward_except, backward_for};

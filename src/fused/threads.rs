@@ -1,9 +1,22 @@
-//! Threads: candle's elementwise ops on 64k elements or more run on its own pool of workers, which
-//! spin for up to 25,000 rounds after each op before they sleep. Between ops the spinning workers
-//! take cores from the matrix products' threads and from the thread that records the graph: on two
-//! cores, an MLP's FGM step (256 x 512) took 10.7 to 11.9 ms at two threads, no faster than at one
-//! (11.4 ms), and 7.5 to 10.0 ms (median 8.2) with the spinning off. [`no_idle_spinning`] turns it off for the process. Book: "Fused
-//! operations and speed", section "More than one core".
+//! Threads: where a step's parallel work runs, and how candle's own workers wait.
+//!
+//! * [`in_worker_pool`]: the matrix products and the fused kernels split their work over rayon's
+//!   pool. Called from a thread outside the pool (a program's main thread), every such op hands its
+//!   work to the pool and puts the caller to sleep until a worker has finished; the workers, asleep
+//!   between ops, must be woken first. A step of the MLP benchmark (256 x 512) runs some 20 such
+//!   ops, and on two cores spent 0.23 s of 1.25 s of CPU in the kernel, with 94 context switches a
+//!   step. Run from a worker of the pool, an op pushes its second half for the other worker to take
+//!   and does the first itself, and takes back what nobody took. [`in_worker_pool`] runs a closure
+//!   (a step, a training loop, a whole program) on such a worker.
+//! * [`no_idle_spinning`]: candle's elementwise ops on 64k elements or more run on its own pool of
+//!   workers, which spin for up to 25,000 rounds after each op before they sleep, taking cores from
+//!   the matrix products' threads: on two cores, an MLP's FGM step took 10.7 to 11.9 ms at two
+//!   threads, no faster than at one (11.4 ms), and 7.5 to 10.0 ms (median 8.2) with the spinning
+//!   off.
+//!
+//! Book: "Fused operations and speed", section "More than one core".
+
+use std::sync::OnceLock;
 
 /// The environment variable candle reads, once, when it starts its elementwise pool.
 pub const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
@@ -20,4 +33,53 @@ pub unsafe fn no_idle_spinning() {
     if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
         unsafe { std::env::set_var(SPIN_LIMIT_VAR, "0") };
     }
+}
+
+/// Each worker's stack. candle's backward pass walks the graph recursively, one frame per node on
+/// the longest path, and a double backward's graph is long: rayon's default of 2 MiB is too little
+/// for deep models (about 9,000 nodes deep), and the main thread has 8 MiB. Only the pages a walk
+/// touches are committed.
+pub const WORKER_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `f` on a worker of advtrain's thread pool and returns its result: the way to give a
+/// training step (or a loop of them) every core. Inside, the matrix products and the fused kernels
+/// split their work over the pool's workers without waking a sleeping caller per op. The pool has
+/// candle's thread count (`RAYON_NUM_THREADS`, else one per physical core) and stacks of
+/// [`WORKER_STACK_BYTES`]; it starts on the first call. Called from inside a rayon pool (this one
+/// or the caller's own), `f` runs in place. Results are the same bit for bit in and out of the
+/// pool: the ops split their work the same way at a given thread count.
+///
+/// ```
+/// use advtrain::{fused, Batch, Fgm, Method, Rng, Target};
+/// use candle_core::{Device, Tensor};
+///
+/// let x = Tensor::new(&[[1.0f64, 2.0]], &Device::Cpu)?;
+/// let loss = |x: &Tensor| x.sqr()?.sum_all();
+/// let target = Target::input(&x)?;
+/// let step = fused::in_worker_pool(|| Fgm::new(0.1)?.step(&Batch::new(&target, &loss), &mut Rng::new(0)))?;
+/// assert!(step.loss.to_scalar::<f64>()? > 5.0);
+/// # Ok::<(), advtrain::Error>(())
+/// ```
+pub fn in_worker_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    match pool() {
+        Some(pool) => pool.install(f),
+        // The system refused the threads: run on the caller, as without the pool.
+        None => f(),
+    }
+}
+
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(candle_core::utils::get_num_threads())
+            .stack_size(WORKER_STACK_BYTES)
+            .thread_name(|i| format!("advtrain-worker-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
 }

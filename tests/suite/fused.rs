@@ -425,9 +425,8 @@ fn backward_for_leaves_out_the_weights_and_keeps_the_point() {
 fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() {
     // 300 x 257 = 77,100 elements: above the kernels' parallel threshold (2 x 2^14), in whole rows of
     // an odd length, so the row-wise ops (layer norm, softmax) split into uneven tasks. Each task
-    // does the serial arithmetic on its part, so values and gradients must be identical.
-    let x = points((300, 257), DType::F64);
-    let w = points((300, 257), DType::F64).affine(0.5, 0.1).unwrap();
+    // does the serial arithmetic on its part, so values and gradients must be identical, in f64 and
+    // in f32 (whose erf and exp are the vectorised polynomial forms).
     type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
     let ops: [(&str, Unary); 5] = [
         ("gelu_erf", fused::gelu_erf),
@@ -436,33 +435,43 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
         ("softmax", fused::softmax_last_dim),
         ("log_softmax", fused::log_softmax_last_dim),
     ];
-    let in_pool = |threads: usize, op: Unary| -> (Vec<f64>, Vec<f64>) {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
+    for dtype in [DType::F64, DType::F32] {
+        let x = points((300, 257), dtype);
+        let w = points((300, 257), DType::F64)
+            .affine(0.5, 0.1)
+            .unwrap()
+            .to_dtype(dtype)
             .unwrap();
-        pool.install(|| {
-            assert_eq!(rayon::current_num_threads(), threads);
-            let weighted = |x: &Tensor| (op(x)? * &w)?.sum_all();
-            let value = op(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let grad = gradient(&weighted, &x)
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
+        let in_pool = |threads: usize, op: Unary| -> (Vec<f64>, Vec<f64>) {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
                 .unwrap();
-            (value, grad)
-        })
-    };
-    for (name, op) in ops {
-        let (one, two) = (in_pool(1, op), in_pool(2, op));
-        assert!(
-            one.0 == two.0,
-            "{name}: values differ between 1 and 2 threads"
-        );
-        assert!(
-            one.1 == two.1,
-            "{name}: gradients differ between 1 and 2 threads"
-        );
+            pool.install(|| {
+                assert_eq!(rayon::current_num_threads(), threads);
+                let weighted = |x: &Tensor| (op(x)? * &w)?.sum_all();
+                let as_f64 = |t: Tensor| {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                };
+                (as_f64(op(&x).unwrap()), as_f64(gradient(&weighted, &x)))
+            })
+        };
+        for (name, op) in ops {
+            let (one, two) = (in_pool(1, op), in_pool(2, op));
+            assert!(
+                one.0 == two.0,
+                "{name} ({dtype:?}): values differ between 1 and 2 threads"
+            );
+            assert!(
+                one.1 == two.1,
+                "{name} ({dtype:?}): gradients differ between 1 and 2 threads"
+            );
+        }
     }
 }
 
@@ -560,4 +569,90 @@ fn child_sets_the_spin_limit() {
     unsafe { fused::no_idle_spinning() };
     let value = std::env::var(fused::SPIN_LIMIT_VAR).unwrap_or_default();
     println!("spin limit after the call: {value};");
+}
+
+/// `in_worker_pool` runs its closure on a worker of a pool with candle's thread count, runs a nested
+/// call in place, and changes no number: an FGM step of a 256 x 512 MLP (f32, large enough that the
+/// products, the fused kernels and candle's elementwise ops all split their work) gives the same
+/// loss and gradients bit for bit on the pool as on the test's own thread.
+#[test]
+fn in_worker_pool_runs_on_a_worker_and_changes_no_number() {
+    use advtrain::{Batch, Fgm, Method};
+    let (outer, threads, nested) = fused::in_worker_pool(|| {
+        let outer = rayon::current_thread_index();
+        let nested = fused::in_worker_pool(rayon::current_thread_index);
+        (outer, rayon::current_num_threads(), nested)
+    });
+    assert!(outer.is_some(), "the closure ran outside the pool");
+    assert_eq!(threads, candle_core::utils::get_num_threads());
+    assert_eq!(nested, outer, "a nested call moved to another worker");
+
+    let mut rng = Rng::new(5);
+    let widths = [512, 512, 10];
+    let layers: Vec<(Var, Var)> = (0..2)
+        .map(|i| {
+            let w = (rng.normal((widths[i + 1], widths[i]), DType::F32, &Device::Cpu))
+                .unwrap()
+                .affine(0.04, 0.0)
+                .unwrap();
+            let b = Tensor::zeros(widths[i + 1], DType::F32, &Device::Cpu).unwrap();
+            (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap())
+        })
+        .collect();
+    let x = rng.normal((256, 512), DType::F32, &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(
+        (0..256u32).map(|i| i % 10).collect::<Vec<_>>(),
+        256,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let step = || {
+        let loss = |x: &Tensor| {
+            let h = fused::linear(x, layers[0].0.as_tensor(), Some(layers[0].1.as_tensor()))?;
+            let h = fused::gelu_erf(&h)?;
+            let z = fused::linear(&h, layers[1].0.as_tensor(), Some(layers[1].1.as_tensor()))?;
+            fused::cross_entropy(&z, &y)
+        };
+        let target = Target::input(&x).unwrap();
+        let step = Fgm::new(0.5)
+            .unwrap()
+            .step(&Batch::new(&target, &loss), &mut Rng::new(0))
+            .unwrap();
+        let mut numbers = vec![step.loss.to_scalar::<f32>().unwrap()];
+        for (w, b) in &layers {
+            for v in [w, b] {
+                let g = step.grads.get(v.as_tensor()).unwrap();
+                numbers.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+        }
+        numbers
+    };
+    let (outside, inside) = (step(), fused::in_worker_pool(step));
+    assert_eq!(outside.len(), inside.len());
+    let differ = outside.iter().zip(&inside).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{differ} of {} numbers differ", outside.len());
+}
+
+/// The pool's workers have stacks for deep graphs: candle's backward walks the graph recursively,
+/// and a chain of 30,000 ops overflows rayon's default 2 MiB (and the test threads' 2 MiB).
+#[test]
+fn a_backward_pass_30000_nodes_deep_runs_on_the_pool() {
+    let grad = fused::in_worker_pool(|| {
+        let x = Var::from_tensor(&Tensor::new(1.0f64, &Device::Cpu).unwrap()).unwrap();
+        let mut y = x.as_tensor().clone();
+        for _ in 0..30_000 {
+            y = (y * 1.0001).unwrap();
+        }
+        let grads = y.backward().unwrap();
+        grads
+            .get(x.as_tensor())
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    });
+    let expected = 1.0001f64.powi(30_000);
+    assert!(
+        (grad - expected).abs() < 1e-9 * expected,
+        "{grad} vs {expected}"
+    );
 }
