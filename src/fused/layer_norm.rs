@@ -10,8 +10,8 @@
 //! `d/dx = -<u, Jg> y / (n s) - mean(g y) J u / s - <u, y> J g / (n s)`,
 //!
 //! built from `NormalizeGrad` and candle's primitives, so every order is differentiable (gradient
-//! penalty through a transformer, Hutchinson). Scale and shift are applied with candle's broadcast
-//! ops. candle's own fused `layer_norm` has no backward at all. Book: "Fused operations and speed".
+//! penalty through a transformer, Hutchinson). Scale and shift are one more fused op
+//! ([`super::affine`]). candle's own fused `layer_norm` has no backward at all. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
 
@@ -137,5 +137,5 @@ pub fn layer_norm(
         return crate::ops::layer_norm(x, weight, bias, eps);
     }
     let y = x.contiguous()?.apply_op1(Normalize { eps })?;
-    Ok(crate::ops::affine(y, weight, bias)?)
+    super::affine::affine(y, weight, bias)
 }

@@ -23,6 +23,7 @@
 //! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
 //! device each function falls back to the composite form. Book: "Fused operations and speed".
 
+mod affine;
 mod conv;
 mod gelu;
 mod kernel;

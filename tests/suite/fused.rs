@@ -390,6 +390,85 @@ fn linear_weight_gradients_through_gradient_penalty_and_hutchinson_match() {
     }
 }
 
+/// `x -> gelu(layer_norm(x) w + b) W2^T -> scalar` as a function of the layer norm's scale `w`
+/// (`shift` false) or shift `b` (`shift` true), fused or composite.
+fn normed(
+    fused_ops: bool,
+    shift: bool,
+) -> impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> {
+    move |x: &Tensor, param: &Tensor| {
+        let mut rng = Rng::new(13);
+        let other = (rng.normal(7, DType::F64, &Device::Cpu)? * 0.3)?.to_dtype(x.dtype())?;
+        let w2 = (rng.normal((3, 7), DType::F64, &Device::Cpu)? * 0.5)?.to_dtype(x.dtype())?;
+        let (w, b) = match shift {
+            false => ((param + 1.0)?, other),
+            true => ((other + 1.0)?, param.clone()),
+        };
+        let e = candle_core::Error::from;
+        let y = if fused_ops {
+            fused::gelu_erf(&fused::layer_norm(x, Some(&w), Some(&b), 1e-3)?)?
+        } else {
+            ops::gelu_erf(&ops::layer_norm(x, Some(&w), Some(&b), 1e-3)?).map_err(e)?
+        };
+        scalar(&y.matmul(&w2.t()?)?)
+    }
+}
+
+/// The layer norm's scale and shift gradients of the loss, of gradient penalty and of Hutchinson's
+/// curvature (first, second and third derivatives through the fused scale-and-shift op) match finite
+/// differences and the composite form with candle's broadcast ops.
+#[test]
+fn layer_norm_scale_and_shift_gradients_through_gradient_penalty_and_hutchinson_match() {
+    let x = points((5, 7), DType::F64);
+    let v = Rng::new(6)
+        .rademacher((5, 7), DType::F64, &Device::Cpu)
+        .unwrap();
+    let param = (Rng::new(7).normal(7, DType::F64, &Device::Cpu).unwrap() * 0.2).unwrap();
+    for shift in [false, true] {
+        let functions = |fused_ops: bool| -> [ScalarFn; 3] {
+            let (x1, x2, x3, v3) = (x.clone(), x.clone(), x.clone(), v.clone());
+            let e = candle_core::Error::from;
+            let f = normed(fused_ops, shift);
+            [
+                Box::new(move |p| f(&x1, p)),
+                Box::new(move |p| {
+                    let target = Target::input(&x2).map_err(e)?;
+                    let loss = |y: &Tensor| normed(fused_ops, shift)(y, p);
+                    let g = target.loss_and_gradient(&loss).map_err(e)?.gradient;
+                    g.sqr()?.sum_all()
+                }),
+                Box::new(move |p| {
+                    let target = Target::input(&x3).map_err(e)?;
+                    let loss = |y: &Tensor| normed(fused_ops, shift)(y, p);
+                    let hv = advtrain::laplacian::hessian_vector_product(&target, &loss, &v3)
+                        .map_err(e)?;
+                    (hv * &v3)?.sum_all()
+                }),
+            ]
+        };
+        let (fused_fns, composite_fns) = (functions(true), functions(false));
+        let which = if shift { "shift" } else { "scale" };
+        for (i, name) in ["loss", "gradient penalty", "Hutchinson"]
+            .iter()
+            .enumerate()
+        {
+            let check = gradcheck(&fused_fns[i], &param, 1e-5).unwrap();
+            let agreement = relative_error(
+                &gradient(&fused_fns[i], &param),
+                &gradient(&composite_fns[i], &param),
+            )
+            .unwrap();
+            println!(
+                "{name}, d/d{which}: vs finite differences {:.1e}, vs the composite {agreement:.1e}",
+                check.relative_error
+            );
+            assert!(check.norm > 0.0, "{name} {which}: zero gradient");
+            assert!(check.relative_error < 1e-7, "{name} {which}: {check:?}");
+            assert!(agreement < 1e-13, "{name} {which}: {agreement:e}");
+        }
+    }
+}
+
 #[test]
 fn backward_for_leaves_out_the_weights_and_keeps_the_point() {
     let x = points((5, 7), DType::F64);
