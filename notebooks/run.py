@@ -51,7 +51,7 @@ class Execution:
         # the kernel is not started by cargo, and without it step times drift with the heap's history.
         env.setdefault(
             "GLIBC_TUNABLES",
-            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824",
+            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1",
         )
         self.manager = KernelManager(kernel_name="rust")
         self.manager.start_kernel(cwd=folder, env=env)

@@ -27,7 +27,7 @@ METHOD_GOALS = {"fgm": 2.05, "gradient_penalty": 2.2, "hutchinson_1": 3.0}
 # glibc's malloc hands blocks above its mmap threshold back to the system on free and takes fresh,
 # zero-filled pages for the next step; with these settings it keeps them, as XLA's own allocator
 # does. Without them advtrain's times on the same binary drifted by up to 1.7x from run to run.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1"
 
 
 class Worker:
