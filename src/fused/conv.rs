@@ -42,28 +42,32 @@ impl Geometry {
         self.out_h * self.out_w * self.row()
     }
 
-    /// The input offset of the window entry `(ky, kx)` at output `(oy, ox)`, if it is not padding.
+    /// Calls `f(segment_in_row, input_start, lo, hi)` for every output position and every
+    /// `(channel, ky)` of its window, one image: the row's entries `kx` in `lo..hi` (where the window
+    /// row lies inside the image) come from the input's `input_start..input_start + hi - lo`; the
+    /// rest of the segment, and every segment whose row `iy` is padding (`None`), is zero.
     #[inline(always)]
-    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ky).checked_sub(self.padding)?;
-        let ix = (ox * self.stride + kx).checked_sub(self.padding)?;
-        (iy < self.height && ix < self.width).then_some(iy * self.width + ix)
-    }
-
-    /// Calls `f(row_offset, input_offset)` for every window entry that is not padding, one image.
-    #[inline(always)]
-    fn for_each_entry(&self, mut f: impl FnMut(usize, usize)) {
-        let (kh, kw, plane) = (self.kernel_h, self.kernel_w, self.height * self.width);
+    fn for_each_segment(
+        &self,
+        mut f: impl FnMut(std::ops::Range<usize>, Option<usize>, usize, usize),
+    ) {
+        let (kh, kw, s, p) = (self.kernel_h, self.kernel_w, self.stride, self.padding);
+        let plane = self.height * self.width;
         for oy in 0..self.out_h {
             for ox in 0..self.out_w {
                 let row = (oy * self.out_w + ox) * self.row();
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        if let Some(at) = self.source(oy, ox, ky, kx) {
-                            for c in 0..self.channels {
-                                f(row + (c * kh + ky) * kw + kx, c * plane + at);
-                            }
-                        }
+                // The input column of entry kx is ox * s + kx - p: inside for kx in lo..hi.
+                let x0 = ox * s;
+                let lo = p.saturating_sub(x0).min(kw);
+                let hi = (self.width + p).saturating_sub(x0).clamp(lo, kw);
+                for c in 0..self.channels {
+                    for ky in 0..kh {
+                        let segment = row + (c * kh + ky) * kw;
+                        let iy = (oy * s + ky)
+                            .checked_sub(p)
+                            .filter(|&iy| iy < self.height && lo < hi);
+                        let start = iy.map(|iy| c * plane + iy * self.width + x0 + lo - p);
+                        f(segment..segment + kw, start, lo, hi);
                     }
                 }
             }
@@ -72,12 +76,12 @@ impl Geometry {
 }
 
 /// Runs `body(out_image, in_image)` over the images, in parallel when there is enough work.
-fn per_image<T: Real>(
-    out: &mut [T],
+fn per_image<U: Send, T: Sync>(
+    out: &mut [U],
     out_len: usize,
     input: &[T],
     in_len: usize,
-    body: impl Fn(&mut [T], &[T]) + Sync,
+    body: impl Fn(&mut [U], &[T]) + Sync,
 ) {
     let pairs = out.len() / out_len.max(1);
     if pairs > 1 && out.len() >= 2 * super::kernel::GRAIN && rayon::current_num_threads() > 1 {
@@ -91,12 +95,36 @@ fn per_image<T: Real>(
     }
 }
 
+/// Every row entry is written (the window's values, zeros over the padding), so the output needs no
+/// zero-filling first.
 fn unfold<T: Real>(x: &[T], g: &Geometry) -> Vec<T> {
-    let images = x.len() / g.image();
-    let mut out = vec![T::zero(); images * g.columns()];
-    per_image(&mut out, g.columns(), x, g.image(), |rows, image| {
-        g.for_each_entry(|r, i| rows[r] = image[i]);
+    let len = x.len() / g.image() * g.columns();
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    per_image(spare, g.columns(), x, g.image(), |rows, image| {
+        g.for_each_segment(|segment, start, lo, hi| {
+            let segment = &mut rows[segment];
+            match start {
+                Some(start) => {
+                    let (head, rest) = segment.split_at_mut(lo);
+                    let (middle, tail) = rest.split_at_mut(hi - lo);
+                    for v in head.iter_mut().chain(tail) {
+                        v.write(T::zero());
+                    }
+                    for (v, &x) in middle.iter_mut().zip(&image[start..start + hi - lo]) {
+                        v.write(x);
+                    }
+                }
+                None => {
+                    for v in segment {
+                        v.write(T::zero());
+                    }
+                }
+            }
+        });
     });
+    // SAFETY: the segments tile every row of every image, and each is written in full above.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -104,7 +132,14 @@ fn fold<T: Real>(rows: &[T], g: &Geometry) -> Vec<T> {
     let images = rows.len() / g.columns();
     let mut out = vec![T::zero(); images * g.image()];
     per_image(&mut out, g.image(), rows, g.columns(), |image, rows| {
-        g.for_each_entry(|r, i| image[i] = image[i] + rows[r]);
+        g.for_each_segment(|segment, start, lo, hi| {
+            if let Some(start) = start {
+                let source = &rows[segment][lo..hi];
+                for (v, &r) in image[start..start + hi - lo].iter_mut().zip(source) {
+                    *v = *v + r;
+                }
+            }
+        });
     });
     out
 }
