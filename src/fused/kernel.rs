@@ -17,6 +17,17 @@ pub(crate) trait Real: Float + Send + Sync + 'static {
     fn erf(self) -> Self;
     fn exp_fast(self) -> Self;
     fn constant(value: f64) -> Self;
+    /// CPU storage owning `values`.
+    fn storage(values: Vec<Self>) -> CpuStorage;
+    /// The elements of `storage`, or an error if it holds another dtype.
+    fn slice(storage: &CpuStorage) -> candle_core::Result<&[Self]>;
+}
+
+fn wrong_dtype(storage: &CpuStorage, expected: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "expected {expected} storage, got {:?}; give every argument the same dtype",
+        storage.dtype()
+    ))
 }
 
 impl Real for f32 {
@@ -32,6 +43,15 @@ impl Real for f32 {
     fn constant(value: f64) -> Self {
         value as f32
     }
+    fn storage(values: Vec<Self>) -> CpuStorage {
+        CpuStorage::F32(values)
+    }
+    fn slice(storage: &CpuStorage) -> candle_core::Result<&[Self]> {
+        match storage {
+            CpuStorage::F32(v) => Ok(v),
+            other => Err(wrong_dtype(other, "f32")),
+        }
+    }
 }
 
 impl Real for f64 {
@@ -46,6 +66,15 @@ impl Real for f64 {
     #[inline(always)]
     fn constant(value: f64) -> Self {
         value
+    }
+    fn storage(values: Vec<Self>) -> CpuStorage {
+        CpuStorage::F64(values)
+    }
+    fn slice(storage: &CpuStorage) -> candle_core::Result<&[Self]> {
+        match storage {
+            CpuStorage::F64(v) => Ok(v),
+            other => Err(wrong_dtype(other, "f64")),
+        }
     }
 }
 

@@ -205,6 +205,15 @@ pub(crate) fn sum_rows(u: &Tensor) -> candle_core::Result<Tensor> {
         .reshape(n)
 }
 
+/// `m` summed over its columns, `(m, n)` to `(m,)`, as the product `m 1`.
+pub(crate) fn sum_columns(m: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, n) = m.dims2()?;
+    let ones = Tensor::ones((n, 1), m.dtype(), m.device())?;
+    m.contiguous()?
+        .apply_op2(&ones, Product::InputGrad)?
+        .reshape(rows)
+}
+
 fn shape_error(name: &'static str, reason: String, fix: String) -> Error {
     Error::InvalidArgument { name, reason, fix }
 }

@@ -613,6 +613,53 @@ fn conv2d_kernel_gradients_equal_candles_to_second_order() {
     assert!(error.contains("stride"), "{error}");
 }
 
+/// The gradient of a kernel gradient: `||dL/dK||^2` for `L = sum tanh(conv2d(x, K) + b)`, as a
+/// function of `K` and of `x`, matches finite differences. Its backward runs the convolution's
+/// third product (`KernelGrad`) backward, which no first- or second-order method in the crate reaches.
+#[test]
+fn the_gradient_of_a_conv_kernel_gradient_matches_finite_differences() {
+    let mut rng = Rng::new(17);
+    let x = rng.normal((2, 3, 7, 9), DType::F64, &Device::Cpu).unwrap();
+    let kernel = (rng.normal((4, 3, 3, 3), DType::F64, &Device::Cpu).unwrap() * 0.3).unwrap();
+    let bias = rng.normal(4, DType::F64, &Device::Cpu).unwrap();
+    for (stride, padding) in [(1, 1), (2, 0)] {
+        let squared_kernel_gradient = |x: &Tensor, k: &Var| -> candle_core::Result<Tensor> {
+            let y = fused::conv2d(x, k.as_tensor(), Some(&bias), stride, padding)?;
+            let grads = y.tanh()?.sum_all()?.backward()?;
+            grads.get(k.as_tensor()).unwrap().sqr()?.sum_all()
+        };
+        // gradcheck differentiates with its argument as a variable, and evaluates the finite
+        // differences with plain tensors, which become variables here (the inner gradient needs one).
+        let in_kernel = gradcheck(
+            |k: &Tensor| {
+                let k = match k.is_variable() {
+                    true => k.clone(),
+                    false => Var::from_tensor(k)?.as_tensor().clone(),
+                };
+                let y = fused::conv2d(&x, &k, Some(&bias), stride, padding)?;
+                let grads = y.tanh()?.sum_all()?.backward()?;
+                grads.get(&k).unwrap().sqr()?.sum_all()
+            },
+            &kernel,
+            1e-5,
+        )
+        .unwrap();
+        let k = Var::from_tensor(&kernel).unwrap();
+        let in_image = gradcheck(|x: &Tensor| squared_kernel_gradient(x, &k), &x, 1e-5).unwrap();
+        println!(
+            "stride {stride}: d/dK {:.1e}, d/dx {:.1e}",
+            in_kernel.relative_error, in_image.relative_error
+        );
+        for (what, check) in [("kernel", in_kernel), ("image", in_image)] {
+            assert!(check.norm > 0.0, "{what}: zero gradient");
+            assert!(
+                check.relative_error < 1e-7,
+                "{what} stride {stride}: {check:?}"
+            );
+        }
+    }
+}
+
 /// `no_idle_spinning` sets candle's spin limit to 0 where the user has not set it, and leaves a
 /// user's value alone; each case runs in a child process, whose environment nothing else touches.
 #[test]
