@@ -232,10 +232,16 @@ fn parallel(len: usize) -> bool {
 }
 
 /// Fills a new vector of `len` elements chunk by chunk: `fill(start, out)` writes the elements
-/// `start..start + out.len()`, each exactly once. The chunks run in parallel for a large `len`, each
-/// one compiled for AVX2 and FMA (a loop over a `collect` would not be: the iterator's fold is not
-/// inlined into [`vectorised`], and ran scalar), into memory that is not zero-filled first.
-fn filled<T: Real>(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+/// `start..start + out.len()`. The chunks run in parallel for a large `len`, each one compiled for
+/// AVX2 and FMA (a loop over a `collect` would not be: the iterator's fold is not inlined into
+/// [`vectorised`], and ran scalar), into memory that is not zero-filled first.
+///
+/// # Safety
+/// `fill` must write every element of the chunk it is given.
+unsafe fn filled<T: Real>(
+    len: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(len);
     let spare = &mut out.spare_capacity_mut()[..len];
     if parallel(len) {
@@ -254,38 +260,44 @@ fn filled<T: Real>(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Syn
             || fill(0, spare),
         );
     }
-    // SAFETY: `fill` wrote every element of the first `len` (its contract above).
+    // SAFETY: the chunks tile `0..len`, and `fill` wrote every element of each (the caller's promise).
     unsafe { out.set_len(len) };
     out
 }
 
 /// Applies `f` to every element, vectorised, in parallel chunks for a large `v`.
 pub(crate) fn map<T: Real>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    filled(
-        v.len(),
-        #[inline(always)]
-        |start, out| {
-            let end = start + out.len();
-            for (o, &x) in out.iter_mut().zip(&v[start..end]) {
-                o.write(f(x));
-            }
-        },
-    )
+    // SAFETY: the loop zips each chunk with as many inputs, so it writes every element.
+    unsafe {
+        filled(
+            v.len(),
+            #[inline(always)]
+            |start, out| {
+                let end = start + out.len();
+                for (o, &x) in out.iter_mut().zip(&v[start..end]) {
+                    o.write(f(x));
+                }
+            },
+        )
+    }
 }
 
 /// Applies `f(a, b)` to every pair of elements, vectorised, in parallel chunks for large inputs.
 pub(crate) fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let n = a.len().min(b.len());
-    filled(
-        n,
-        #[inline(always)]
-        |start, out| {
-            let end = start + out.len();
-            for ((o, &a), &b) in out.iter_mut().zip(&a[start..end]).zip(&b[start..end]) {
-                o.write(f(a, b));
-            }
-        },
-    )
+    // SAFETY: the loop zips each chunk with as many elements of `a` and `b`, so it writes every one.
+    unsafe {
+        filled(
+            n,
+            #[inline(always)]
+            |start, out| {
+                let end = start + out.len();
+                for ((o, &a), &b) in out.iter_mut().zip(&a[start..end]).zip(&b[start..end]) {
+                    o.write(f(a, b));
+                }
+            },
+        )
+    }
 }
 
 /// Rows of length `n` per parallel task: at least one, about [`GRAIN`] elements.
