@@ -66,7 +66,7 @@ impl<M: Method, R: Regulariser> Method for Regularised<M, R> {
         // The method has checked the point's gradient: one check per step.
         let penalty = self.regulariser.penalty(&batch.unchecked(), rng)?;
         check_scalar(&penalty.value)?;
-        let mut grads = penalty.value.backward()?;
+        let mut grads = crate::fused::backward_first_order(&penalty.value)?;
         detach_all(&mut grads);
         let mut combined = step.grads;
         combined.extend(grads)?;

@@ -128,7 +128,7 @@ impl Step {
         clean: &Tensor,
         passes: Passes,
     ) -> Result<Step> {
-        let mut grads = objective.backward()?;
+        let mut grads = crate::fused::backward_first_order(objective)?;
         detach_all(&mut grads);
         Ok(Step {
             loss: objective.detach(),

@@ -379,17 +379,17 @@ impl Target {
         let (loss, mut grads) = match (delta, self.in_place) {
             (None, _) => {
                 let loss = self.loss(loss_fn)?;
-                let grads = loss.backward()?;
+                let grads = crate::fused::backward_first_order(&loss)?;
                 (loss, grads)
             }
             (Some(delta), false) => {
                 let loss = self.loss_at(loss_fn, delta)?;
-                let grads = loss.backward()?;
+                let grads = crate::fused::backward_first_order(&loss)?;
                 (loss, grads)
             }
             (Some(delta), true) => self.with_in_place(delta, |var| {
                 let loss = scalar_loss(loss_fn(var.as_tensor())?)?;
-                let grads = loss.backward()?;
+                let grads = crate::fused::backward_first_order(&loss)?;
                 Ok((loss, grads))
             })?,
         };
@@ -480,9 +480,11 @@ impl Target {
         point_gradient: &PointGradient,
     ) -> Result<GradStore> {
         if self.probe_is_weight() {
-            return Ok(objective.backward()?);
+            return crate::fused::backward_first_order(objective);
         }
         let probe = &point_gradient.probe;
+        // The last pass: its gradients go to the optimiser, not into another derivative.
+        let _first_order = crate::fused::first_order_pass();
         let mut grads = crate::fused::backward_except(objective, &[probe])?;
         grads.remove(probe);
         Ok(grads)

@@ -130,7 +130,7 @@ impl Yopo {
                     got: loss.dims().to_vec(),
                 });
             }
-            let mut grads = loss.backward()?;
+            let mut grads = crate::fused::backward_first_order(&loss)?;
             let costate = grads
                 .remove(z_probe.as_tensor())
                 .ok_or_else(|| Error::NoGradient {

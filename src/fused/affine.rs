@@ -17,7 +17,7 @@
 
 use super::kernel::{Data, Real, data, last_dim, rows};
 use super::linear::sum_rows;
-use super::wanted::needs_gradient;
+use super::wanted::{needs_gradient, returned};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 /// `x w + b` row by row; `b` absent for [`Scale`].
@@ -128,7 +128,8 @@ impl CustomOp2 for Scale {
         _: &Tensor,
         u: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        scale_gradients(x, w, u)
+        let (grad_x, grad_w) = scale_gradients(x, w, u)?;
+        Ok((returned(grad_x), returned(grad_w)))
     }
 }
 
@@ -160,7 +161,7 @@ impl CustomOp3 for ScaleShift {
             true => Some(column_sums(&u.contiguous()?)?),
             false => None,
         };
-        Ok((grad_x, grad_w, grad_b))
+        Ok((returned(grad_x), returned(grad_w), returned(grad_b)))
     }
 }
 

@@ -15,7 +15,7 @@
 
 use super::kernel::{Data, Real, check_input, data};
 use super::linear::{sum_columns, sum_rows};
-use super::wanted::needs_gradient;
+use super::wanted::{needs_gradient, returned};
 use crate::Error;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -368,7 +368,7 @@ impl CustomOp2 for Conv {
         u: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let [ga, gb] = self.gradients(a, b, u)?;
-        Ok((ga, gb))
+        Ok((returned(ga), returned(gb)))
     }
 }
 
@@ -402,7 +402,7 @@ impl CustomOp3 for Conv {
             true => Some(bias_gradient(u)?),
             false => None,
         };
-        Ok((ga, gb, grad_bias))
+        Ok((returned(ga), returned(gb), returned(grad_bias)))
     }
 }
 

@@ -29,7 +29,7 @@
 //! the exact constant (`tests/suite/fused.rs`). Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, map, zip_map};
-use super::wanted::needs_gradient;
+use super::wanted::{needs_gradient, returned};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -125,7 +125,7 @@ macro_rules! gelu_form {
                 _: &Tensor,
                 u: &Tensor,
             ) -> candle_core::Result<Option<Tensor>> {
-                Ok(Some(x.apply_op2(&u.contiguous()?, $first)?))
+                Ok(returned(Some(x.apply_op2(&u.contiguous()?, $first)?)))
             }
         }
 
@@ -171,7 +171,7 @@ macro_rules! scaled_derivative_op {
                     true => Some($x.apply_op2($u, $op)?),
                     false => None,
                 };
-                Ok((grad_x, grad_w))
+                Ok((returned(grad_x), returned(grad_w)))
             }
         }
     };

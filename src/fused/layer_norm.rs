@@ -14,6 +14,7 @@
 //! ([`super::affine`]). candle's own fused `layer_norm` has no backward at all. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
+use super::wanted::returned;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 
@@ -71,7 +72,7 @@ impl CustomOp1 for Normalize {
     }
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let op = NormalizeGrad { eps: self.eps };
-        Ok(Some(x.apply_op2(&grad.contiguous()?, op)?))
+        Ok(returned(Some(x.apply_op2(&grad.contiguous()?, op)?)))
     }
 }
 
@@ -118,7 +119,7 @@ impl CustomOp2 for NormalizeGrad {
         let grad_x = (y.broadcast_mul(&(&u_jg * &inv)?)? / -n)?;
         let grad_x = (grad_x - ju.broadcast_mul(&(mean_gy * &inv)?)?)?;
         let grad_x = (grad_x - (jg.broadcast_mul(&(u_y * &inv)?)? / n)?)?;
-        Ok((Some(grad_x), Some(ju)))
+        Ok((returned(Some(grad_x)), returned(Some(ju))))
     }
 }
 

@@ -17,7 +17,7 @@
 //! products run on candle's own CPU matmul. Book: "Fused operations and speed".
 
 use super::kernel::check_input;
-use super::wanted::needs_gradient;
+use super::wanted::{needs_gradient, returned};
 use crate::Error;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -157,7 +157,7 @@ impl CustomOp2 for Product {
         u: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let [grad_a, grad_b] = self.backward(a, b, u)?;
-        Ok((grad_a, grad_b))
+        Ok((returned(grad_a), returned(grad_b)))
     }
 }
 
@@ -192,7 +192,7 @@ impl CustomOp3 for Product {
         } else {
             None
         };
-        Ok((grad_x, grad_w, grad_b))
+        Ok((returned(grad_x), returned(grad_w), returned(grad_b)))
     }
 }
 

@@ -10,7 +10,7 @@
 //! | [`cross_entropy`] | `candle_nn::loss::cross_entropy` | `softmax` |
 //! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
 //! | [`conv2d`] | `Tensor::conv2d` (its backward) | `conv` |
-//! | [`backward_for`], [`backward_except`] | `Tensor::backward` | `wanted` |
+//! | [`backward_for`], [`backward_except`], [`backward_first_order`] | `Tensor::backward` | `wanted` |
 //! | [`in_worker_pool`] | calling the ops from outside the thread pool | `threads` |
 //! | [`no_idle_spinning`] | candle's spinning elementwise workers (a setting) | `threads` |
 //!
@@ -41,4 +41,5 @@ pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};
 pub use threads::{SPIN_LIMIT_VAR, WORKER_STACK_BYTES, in_worker_pool, no_idle_spinning};
-pub use wanted::{backward_except, backward_for};
+pub(crate) use wanted::first_order_pass;
+pub use wanted::{backward_except, backward_first_order, backward_for};

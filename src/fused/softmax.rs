@@ -13,6 +13,7 @@
 //! are chains of several passes. Book: "Fused operations and speed".
 
 use super::kernel::{Real, check_input, dispatch1, dispatch2, last_dim, rows, rows2};
+use super::wanted::returned;
 use crate::Error;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Shape, Tensor};
 
@@ -94,7 +95,7 @@ impl CustomOp1 for Softmax {
         ))
     }
     fn bwd(&self, _: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(p.apply_op2(&g.contiguous()?, SoftmaxGrad)?))
+        Ok(returned(Some(p.apply_op2(&g.contiguous()?, SoftmaxGrad)?)))
     }
 }
 
@@ -123,7 +124,7 @@ impl CustomOp2 for SoftmaxGrad {
         let gp = (g * p)?.sum_keepdim(D::Minus1)?;
         let up = (u * p)?.sum_keepdim(D::Minus1)?;
         let grad_p = ((u * g.broadcast_sub(&gp)?)? - g.broadcast_mul(&up)?)?;
-        Ok((Some(grad_p), Some(grad_g)))
+        Ok((returned(Some(grad_p)), returned(Some(grad_g))))
     }
 }
 
@@ -138,7 +139,9 @@ impl CustomOp1 for LogSoftmax {
         ))
     }
     fn bwd(&self, _: &Tensor, log_p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(log_p.apply_op2(&g.contiguous()?, LogSoftmaxGrad)?))
+        Ok(returned(Some(
+            log_p.apply_op2(&g.contiguous()?, LogSoftmaxGrad)?,
+        )))
     }
 }
 
@@ -168,7 +171,7 @@ impl CustomOp2 for LogSoftmaxGrad {
         let grad_g = u.broadcast_sub(&up)?;
         let sum_g = g.sum_keepdim(D::Minus1)?;
         let grad_log_p = ((u * &p)?.broadcast_mul(&sum_g)? * -1.0)?;
-        Ok((Some(grad_log_p), Some(grad_g)))
+        Ok((returned(Some(grad_log_p)), returned(Some(grad_g))))
     }
 }
 
@@ -217,7 +220,7 @@ impl CustomOp2 for CrossEntropy {
             .to_dtype(z.dtype())?;
         let p = z.apply_op1(Softmax)?;
         let grad_z = (p - onehot)?.broadcast_mul(&g.unsqueeze(1)?)?;
-        Ok((Some(grad_z), None))
+        Ok((returned(Some(grad_z)), None))
     }
 }
 

@@ -782,3 +782,66 @@ fn a_backward_pass_30000_nodes_deep_runs_on_the_pool() {
         "{grad} vs {expected}"
     );
 }
+
+/// `backward_first_order` gives the gradients `backward` gives, bit for bit, through every fused op,
+/// but none of them records the graph that made it (with second order on, `backward`'s do), and the
+/// choice ends with the pass.
+#[test]
+fn backward_first_order_gives_the_same_gradients_without_their_graph() {
+    assert!(
+        advtrain::second_order::is_enabled(),
+        "the suite runs with second order on"
+    );
+    let mut rng = Rng::new(21);
+    let x = Var::from_tensor(&rng.normal((4, 2, 6, 6), DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let kernel = Var::from_tensor(
+        &(rng.normal((3, 2, 3, 3), DType::F64, &Device::Cpu).unwrap() * 0.3).unwrap(),
+    )
+    .unwrap();
+    let (w, b) = layer(DType::F64);
+    let w = Var::from_tensor(&w.narrow(1, 0, 6).unwrap().contiguous().unwrap()).unwrap();
+    let scale = Var::from_tensor(&Tensor::ones(6, DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let loss = || {
+        let y = fused::conv2d(x.as_tensor(), kernel.as_tensor(), None, 2, 1).unwrap();
+        let y = y.reshape((4 * 3 * 3, 3)).unwrap();
+        let y = fused::gelu_erf(
+            &y.matmul(&Tensor::ones((3, 6), DType::F64, &Device::Cpu).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let y = fused::layer_norm(&y, Some(scale.as_tensor()), None, 1e-5).unwrap();
+        let y =
+            fused::softmax_last_dim(&fused::linear(&y, w.as_tensor(), Some(&b)).unwrap()).unwrap();
+        let labels = Tensor::new(&[1u32; 36], &Device::Cpu).unwrap();
+        fused::cross_entropy(&fused::log_softmax_last_dim(&y).unwrap(), &labels).unwrap()
+    };
+    let variables = [
+        x.as_tensor(),
+        kernel.as_tensor(),
+        w.as_tensor(),
+        scale.as_tensor(),
+    ];
+    let full = loss().backward().unwrap();
+    let first = fused::backward_first_order(&loss()).unwrap();
+    for v in variables {
+        let (a, g) = (full.get(v).unwrap(), first.get(v).unwrap());
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            g.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
+        assert!(a.track_op(), "backward's gradient should keep its graph");
+        assert!(
+            !g.track_op(),
+            "backward_first_order's gradient kept its graph"
+        );
+    }
+    // The choice ends with the pass.
+    assert!(
+        loss()
+            .backward()
+            .unwrap()
+            .get(w.as_tensor())
+            .unwrap()
+            .track_op()
+    );
+}
