@@ -104,6 +104,8 @@ fn per_image<U: Send, T: Sync>(
 /// Every row entry is written (the window's values, zeros over the padding), so the output needs no
 /// zero-filling first.
 fn unfold<T: Real>(x: &[T], g: &Geometry) -> Vec<T> {
+    // Whole images only: the zip below pairs each image's rows with one image of `x`.
+    debug_assert_eq!(x.len() % g.image().max(1), 0);
     let len = x.len() / g.image() * g.columns();
     let mut out = Vec::with_capacity(len);
     let spare = &mut out.spare_capacity_mut()[..len];
@@ -279,6 +281,13 @@ impl Conv {
                 expect_dims(self.part, "gradient", l1, &self.output_dims(b, o))?;
                 expect_dims(self.part, "input", l2, &self.image_dims(b))?;
                 let x = T::slice(second)?;
+                let (start, end) = l2.contiguous_offsets().unwrap_or((0, 0));
+                let x = x.get(start..end).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "{}: the input's layout is out of its storage",
+                        self.name()
+                    ))
+                })?;
                 let rows = T::storage(unfold(x, g));
                 let u = T::storage(channels_first(first, p, o));
                 let lu = Layout::contiguous((o, b * p));
@@ -296,8 +305,9 @@ impl Conv {
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        // The second argument goes to the matmul as storage, so it must be contiguous from 0 on.
-        if l2.contiguous_offsets() != Some((0, l2.shape().elem_count())) {
+        // The second argument goes to the matmul as storage with its layout (candle's matmul reads
+        // from the layout's offset), or is read through `data`: it must be contiguous.
+        if !l2.is_contiguous() {
             return Err(candle_core::Error::Msg(format!(
                 "{name}: the second argument must be contiguous (the public function makes it so)"
             )));
@@ -421,12 +431,23 @@ fn geometry(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> crate
         expected: "(batch, channels, height, width)".into(),
         got: x.dims().to_vec(),
     })?;
-    let (_, kernel_channels, kernel_h, kernel_w) =
+    let (out_channels, kernel_channels, kernel_h, kernel_w) =
         kernel.dims4().map_err(|_| Error::ShapeMismatch {
             name: "kernel",
             expected: "(out_channels, in_channels, kernel_h, kernel_w)".into(),
             got: kernel.dims().to_vec(),
         })?;
+    if x.elem_count() == 0 || kernel.elem_count() == 0 || out_channels == 0 {
+        return Err(Error::InvalidArgument {
+            name: if x.elem_count() == 0 { "x" } else { "kernel" },
+            reason: format!(
+                "an empty dimension: x {:?}, kernel {:?}",
+                x.dims(),
+                kernel.dims()
+            ),
+            fix: "pass images and a kernel with every dimension at least 1".into(),
+        });
+    }
     if kernel_channels != channels {
         return Err(Error::ShapeMismatch {
             name: "kernel",
@@ -442,8 +463,10 @@ fn geometry(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> crate
         });
     }
     let out = |size: usize, k: usize| {
-        (size + 2 * padding)
-            .checked_sub(k)
+        padding
+            .checked_mul(2)
+            .and_then(|both| size.checked_add(both))
+            .and_then(|padded| padded.checked_sub(k))
             .map(|span| span / stride + 1)
     };
     match (out(height, kernel_h), out(width, kernel_w)) {
@@ -468,7 +491,7 @@ fn geometry(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> crate
 
 /// The convolution of `x` `(b, c, h, w)` with `kernel` `(out, c, kh, kw)` plus an optional `bias`
 /// `(out,)`, at `stride` with zero `padding` on every side: `(b, out, oh, ow)`, equal to candle's
-/// `conv2d` (dilation 1, one group). Unfold and the fused linear op on the CPU, differentiable to any
+/// `conv2d` (dilation 1, one group). Three fused ops on the CPU ([`Part`]), differentiable to any
 /// order; candle's `conv2d` elsewhere.
 pub fn conv2d(
     x: &Tensor,

@@ -16,9 +16,9 @@
 //!
 //! Every op's backward is itself a fused op whose backward is built from differentiable pieces, so
 //! gradient penalty and Hutchinson (double backward) keep working and run fused code on both passes.
-//! The linear ops also leave out gradients nobody needs: the input's of a first layer fed with data,
-//! and, in a pass run by [`backward_for`], the weights' (the inner passes of gradient penalty and
-//! Hutchinson).
+//! The linear and convolution ops and the layer norm's scale and shift also leave out gradients
+//! nobody needs: the input's of a first layer fed with data, and, in a pass run by
+//! [`backward_for`], the weights' (the inner passes of gradient penalty and Hutchinson).
 //! `tests/suite/fused.rs` checks each against its composite form in [`crate::ops`]: values, first derivatives and
 //! Hessian-vector products against finite differences, in f64. f32 and f64; CPU only: on another
 //! device each function falls back to the composite form. Book: "Fused operations and speed".

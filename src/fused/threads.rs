@@ -16,7 +16,7 @@
 //!
 //! Book: "Fused operations and speed", section "More than one core".
 
-use std::sync::OnceLock;
+use std::cell::{Cell, OnceCell};
 
 /// The environment variable candle reads, once, when it starts its elementwise pool.
 pub const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
@@ -45,9 +45,13 @@ pub const WORKER_STACK_BYTES: usize = 64 << 20;
 /// training step (or a loop of them) every core. Inside, the matrix products and the fused kernels
 /// split their work over the pool's workers without waking a sleeping caller per op. The pool has
 /// candle's thread count (`RAYON_NUM_THREADS`, else one per physical core) and stacks of
-/// [`WORKER_STACK_BYTES`]; it starts on the first call. Called from inside a rayon pool (this one
-/// or the caller's own), `f` runs in place. Results are the same bit for bit in and out of the
-/// pool: the ops split their work the same way at a given thread count.
+/// [`WORKER_STACK_BYTES`]; it starts on the first call. Each calling thread gets a pool of its own,
+/// so two threads that call this at once never run each other's work: a worker waiting inside an
+/// op could otherwise pick up the other caller's closure and run it with this thread's backward
+/// settings ([`super::backward_for`], [`super::backward_first_order`]). Called from one of these
+/// workers, `f` runs in place; called from a worker of another rayon pool, it still moves to this
+/// one. Results are the same bit for bit in and out of the pool: the ops split their work the same
+/// way at a given thread count.
 ///
 /// ```
 /// use advtrain::{fused, Batch, Fgm, Method, Rng, Target};
@@ -61,25 +65,29 @@ pub const WORKER_STACK_BYTES: usize = 64 << 20;
 /// # Ok::<(), advtrain::Error>(())
 /// ```
 pub fn in_worker_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
+    if IS_WORKER.with(Cell::get) {
         return f();
     }
-    match pool() {
+    POOL.with(|pool| match pool.get_or_init(build_pool) {
         Some(pool) => pool.install(f),
         // The system refused the threads: run on the caller, as without the pool.
         None => f(),
-    }
+    })
 }
 
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(candle_core::utils::get_num_threads())
-            .stack_size(WORKER_STACK_BYTES)
-            .thread_name(|i| format!("advtrain-worker-{i}"))
-            .build()
-            .ok()
-    })
-    .as_ref()
+thread_local! {
+    /// Whether this thread is one of the pools' workers.
+    static IS_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// The calling thread's own pool.
+    static POOL: OnceCell<Option<rayon::ThreadPool>> = const { OnceCell::new() };
+}
+
+fn build_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(candle_core::utils::get_num_threads())
+        .stack_size(WORKER_STACK_BYTES)
+        .thread_name(|i| format!("advtrain-worker-{i}"))
+        .start_handler(|_| IS_WORKER.with(|w| w.set(true)))
+        .build()
+        .ok()
 }

@@ -1,16 +1,20 @@
-//! Backward passes that say which gradients they need, so that the fused linear ops skip the rest.
+//! Backward passes that say which gradients they need, so that the fused ops skip the rest, and
+//! first-order passes whose gradients keep no graph.
 //!
 //! candle's backward computes a gradient for every argument of every op on the way from the loss to
 //! a variable. Gradient penalty and Hutchinson take two or three backward passes per step, and all
 //! but the last need only the gradient at the target's point: the weights' gradients of the inner
-//! passes (one matrix product per linear layer and pass) are thrown away. [`backward_for`] runs a
-//! backward pass in which the crate's fused ops ([`super::linear`]) leave out the gradients of
-//! variables not named; [`backward_except`] one in which they leave out the variables named. candle's
-//! own ops still compute everything, so the result is the same either way; only the time differs.
-//! Only variables (leaves) can be left out: candle requires a gradient for every other node between
-//! the loss and a variable, and stops with "grad not populated" where one is missing.
+//! passes (one matrix product per linear or convolution layer and pass, and the layer norms' column
+//! sums) are thrown away. [`backward_for`] runs a backward pass in which the crate's fused ops
+//! ([`super::linear`], [`super::conv2d`], the layer norm's scale and shift) leave out the gradients
+//! of variables not named; [`backward_except`] one in which they leave out the variables named.
+//! candle's own ops still compute everything, so the result is the same either way; only the time
+//! differs. Only variables (leaves) can be left out: candle requires a gradient for every other node
+//! between the loss and a variable, and stops with "grad not populated" where one is missing.
+//! [`backward_first_order`] runs a pass in which every fused op returns its gradients detached, for
+//! gradients nobody differentiates again.
 //!
-//! The choice lives in a thread-local for the length of one backward pass (restored on return, error
+//! The choices live in thread-locals for the length of one backward pass (restored on return, error
 //! or panic): candle calls an op's backward without context. Book: "Fused operations and speed".
 
 use crate::Result;
@@ -86,6 +90,7 @@ pub fn backward_first_order(loss: &Tensor) -> Result<GradStore> {
 
 /// While alive, the fused ops' backward returns detached gradients (see [`backward_first_order`]);
 /// the previous choice comes back on drop, also on error or panic.
+#[must_use = "the first-order pass ends when this is dropped"]
 pub(crate) struct FirstOrderPass(bool);
 
 impl Drop for FirstOrderPass {

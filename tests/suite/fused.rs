@@ -660,6 +660,46 @@ fn the_gradient_of_a_conv_kernel_gradient_matches_finite_differences() {
     }
 }
 
+/// A batch taken from a larger tensor (a view that starts inside its storage) convolves and
+/// differentiates like a copy of it, and empty dimensions are errors that name the argument.
+#[test]
+fn conv2d_takes_views_and_refuses_empty_dimensions() {
+    let mut rng = Rng::new(19);
+    let images = rng.normal((5, 2, 6, 6), DType::F64, &Device::Cpu).unwrap();
+    let kernel = Var::from_tensor(
+        &(rng.normal((3, 2, 3, 3), DType::F64, &Device::Cpu).unwrap() * 0.3).unwrap(),
+    )
+    .unwrap();
+    let view = images.narrow(0, 2, 3).unwrap();
+    let copy = view.copy().unwrap();
+    let gradient = |x: &Tensor| {
+        let y = fused::conv2d(x, kernel.as_tensor(), None, 2, 1).unwrap();
+        let grads = y.tanh().unwrap().sum_all().unwrap().backward().unwrap();
+        let k = grads.get(kernel.as_tensor()).unwrap().clone();
+        (y, k)
+    };
+    let ((y_view, k_view), (y_copy, k_copy)) = (gradient(&view), gradient(&copy));
+    assert!(relative_error(&y_view, &y_copy).unwrap() == 0.0);
+    assert!(relative_error(&k_view, &k_copy).unwrap() == 0.0);
+    let empty = Tensor::zeros((0, 2, 6, 6), DType::F64, &Device::Cpu).unwrap();
+    let error = fused::conv2d(&empty, kernel.as_tensor(), None, 1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("x") && error.contains("empty"), "{error}");
+    let flat = Tensor::zeros((3, 2, 0, 3), DType::F64, &Device::Cpu).unwrap();
+    let error = fused::conv2d(&images, &flat, None, 1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("kernel") && error.contains("empty"),
+        "{error}"
+    );
+    let error = fused::conv2d(&images, kernel.as_tensor(), None, 1, usize::MAX)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("kernel"), "{error}");
+}
+
 /// `no_idle_spinning` sets candle's spin limit to 0 where the user has not set it, and leaves a
 /// user's value alone; each case runs in a child process, whose environment nothing else touches.
 #[test]
@@ -712,6 +752,21 @@ fn in_worker_pool_runs_on_a_worker_and_changes_no_number() {
     assert!(outer.is_some(), "the closure ran outside the pool");
     assert_eq!(threads, candle_core::utils::get_num_threads());
     assert_eq!(nested, outer, "a nested call moved to another worker");
+    // Each calling thread has a pool of its own; a call from another rayon pool's worker moves to it.
+    let worker = || fused::in_worker_pool(|| std::thread::current().id());
+    let (here, there) = (worker(), std::thread::spawn(worker).join().unwrap());
+    assert_ne!(here, there, "two calling threads shared a worker");
+    let foreign = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let name = foreign
+        .install(|| fused::in_worker_pool(|| std::thread::current().name().map(String::from)));
+    assert!(
+        name.as_deref()
+            .is_some_and(|n| n.starts_with("advtrain-worker")),
+        "ran on {name:?}"
+    );
 
     let mut rng = Rng::new(5);
     let widths = [512, 512, 10];
