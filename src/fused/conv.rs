@@ -491,7 +491,7 @@ fn geometry(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> crate
 
 /// The convolution of `x` `(b, c, h, w)` with `kernel` `(out, c, kh, kw)` plus an optional `bias`
 /// `(out,)`, at `stride` with zero `padding` on every side: `(b, out, oh, ow)`, equal to candle's
-/// `conv2d` (dilation 1, one group). Three fused ops on the CPU ([`Part`]), differentiable to any
+/// `conv2d` (dilation 1, one group). Three fused ops on the CPU (the module doc), differentiable to any
 /// order; candle's `conv2d` elsewhere.
 pub fn conv2d(
     x: &Tensor,
