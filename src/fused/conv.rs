@@ -90,7 +90,7 @@ fn per_image<U: Send, T: Sync>(
     body: impl Fn(&mut [U], &[T]) + Sync,
 ) {
     let pairs = out.len() / out_len.max(1);
-    if pairs > 1 && out.len() >= 2 * super::kernel::GRAIN && rayon::current_num_threads() > 1 {
+    if pairs > 1 && super::kernel::parallel(out.len()) {
         out.par_chunks_mut(out_len)
             .zip(input.par_chunks(in_len))
             .for_each(|(o, i)| body(o, i));

@@ -227,7 +227,7 @@ fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
 pub(crate) const GRAIN: usize = 1 << 14;
 
 /// Whether `len` elements are worth splitting over the pool.
-fn parallel(len: usize) -> bool {
+pub(crate) fn parallel(len: usize) -> bool {
     len >= 2 * GRAIN && rayon::current_num_threads() > 1
 }
 
