@@ -2,6 +2,7 @@
 //! Hessian-vector product; first, second and third derivatives match finite differences in f64;
 //! bad input is an error, not a panic.
 
+use crate::values;
 use advtrain::verify::{gradcheck, gradcheck_second_order, relative_error};
 use advtrain::{Rng, Target};
 use advtrain::{fused, ops};
@@ -529,15 +530,7 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
             pool.install(|| {
                 assert_eq!(rayon::current_num_threads(), threads);
                 let weighted = |x: &Tensor| (op(x)? * &w)?.sum_all();
-                let as_f64 = |t: Tensor| {
-                    t.flatten_all()
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap()
-                };
-                (as_f64(op(&x).unwrap()), as_f64(gradient(&weighted, &x)))
+                (values(&op(&x).unwrap()), values(&gradient(&weighted, &x)))
             })
         };
         for (name, op) in ops {
@@ -880,10 +873,7 @@ fn backward_first_order_gives_the_same_gradients_without_their_graph() {
     let first = fused::backward_first_order(&loss()).unwrap();
     for v in variables {
         let (a, g) = (full.get(v).unwrap(), first.get(v).unwrap());
-        assert_eq!(
-            a.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
-            g.flatten_all().unwrap().to_vec1::<f64>().unwrap()
-        );
+        assert_eq!(values(a), values(g));
         assert!(a.track_op(), "backward's gradient should keep its graph");
         assert!(
             !g.track_op(),

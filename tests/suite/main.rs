@@ -33,3 +33,15 @@ mod toy;
 mod vat;
 mod verify;
 mod yopo;
+
+use candle_core::{DType, Tensor};
+
+/// The elements of `t`, flattened, as f64: what the modules' assertions compare.
+pub(crate) fn values(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}

@@ -5,14 +5,7 @@ use advtrain::verify::{Estimate, relative_error, scalar};
 use advtrain::{Error, Rng, Target};
 use candle_core::{DType, Device, Tensor, Var};
 
-fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use crate::values;
 
 #[test]
 fn gaussian_noise_has_the_requested_moments_and_skips_padding() {
