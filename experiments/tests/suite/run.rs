@@ -403,6 +403,8 @@ fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
             "fgm",
         ])
         .args(["--epochs", "3"])
+        // All 5,000 digits: a quick subset's epoch took 0.15 s, too short to kill reliably within.
+        .args(["--subset", "5000"])
         .args(["--data", concat!(env!("CARGO_MANIFEST_DIR"), "/../data")])
         .arg("--out")
         .arg(out)
@@ -435,12 +437,15 @@ fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A third of an epoch of the uninterrupted run (its rows record each epoch's seconds).
+    let rows = read_rows(&straight.join("checkpoints/fgm-eps1-seed1/rows.csv")).unwrap();
+    let wait = std::time::Duration::from_secs_f64(rows[1].seconds / 3.0);
+    std::thread::sleep(wait);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
         !checkpoints.join("epoch-2.safetensors").exists(),
-        "epoch 2 ended within 300 ms: the kill did not land mid-epoch"
+        "epoch 2 ended within {wait:?}, a third of an epoch: the kill did not land mid-epoch"
     );
     assert!(!killed.join("results.csv").exists());
     assert!(command(&killed).status().unwrap().success());
