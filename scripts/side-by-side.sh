@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The side-by-side speed benchmark: advtrain against JAX on the same models and steps, in one run.
 #
-#   bash scripts/side-by-side.sh [--rounds N] [--steps N] [--threads 1,2] [--models mlp,embedding,cnn,minilm] [--out FILE]
+#   bash scripts/side-by-side.sh [--rounds N] [--steps N] [--threads 1,2] [--models mlp,embedding,cnn,minilm] [--out FILE] [--candle-accumulate]
+#
+# --candle-accumulate also measures the fused steps on the bench built against candle with the
+# first-gradient store (scripts/candle-accumulate.sh): what candle's gradient accumulation costs.
 #
 # Installs JAX (pinned, CPU) from PyPI into target/jax-venv on first use, builds the advtrain side
 # (benches/side_by_side.rs), then runs scripts/side_by_side.py, which asks both in turn for the same
@@ -27,4 +30,12 @@ if [ -z "$bench" ]; then
     echo "building benches/side_by_side.rs failed; run: cargo bench --bench side_by_side --no-run" >&2
     exit 1
 fi
-exec "$venv/bin/python" scripts/side_by_side.py --rust "$bench" --python "$venv/bin/python" "$@"
+args=()
+for arg in "$@"; do
+    if [ "$arg" = "--candle-accumulate" ]; then
+        args+=(--rust-accumulate "$(bash scripts/candle-accumulate.sh)")
+    else
+        args+=("$arg")
+    fi
+done
+exec "$venv/bin/python" scripts/side_by_side.py --rust "$bench" --python "$venv/bin/python" "${args[@]}"

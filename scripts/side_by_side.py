@@ -63,8 +63,9 @@ class Worker:
         self.process.wait()
 
 
-def measure(rust, jax, threads, rounds, steps, tuned_malloc, models):
-    """Median ms per step for (model, method, side), side in jax / candle / fused."""
+def measure(rust, jax, threads, rounds, steps, tuned_malloc, models, accumulate=None):
+    """Median ms per step for (model, method, side), side in jax / candle / fused (/ accumulate:
+    the fused ops on the bench built against candle with the first-gradient store)."""
     workers = {
         "jax": Worker("JAX", jax, threads, tuned_malloc=tuned_malloc),
         "advtrain": Worker("advtrain", rust, threads, tuned_malloc=tuned_malloc),
@@ -83,9 +84,16 @@ def measure(rust, jax, threads, rounds, steps, tuned_malloc, models):
         ("fused", "advtrain", "fused"),
         ("first-order", "first-order", "fused"),
     ]
+    if accumulate:
+        workers["accumulate"] = Worker(
+            "advtrain (candle storing first gradients)", accumulate, threads, tuned_malloc=tuned_malloc
+        )
+        sides.append(("accumulate", "accumulate", "fused"))
     cells = [(m, k) for m in models for k in METHODS]
 
     def applies(side, model, method):
+        if side == "accumulate":
+            return True
         if side == "candle" and model in LIBRARY_MODELS:
             return False
         if method in JAX_COUNTERPART and side in ("jax", "candle"):
@@ -113,13 +121,15 @@ def measure(rust, jax, threads, rounds, steps, tuned_malloc, models):
 
 def report(medians, threads, rounds, steps, tuned_malloc, models):
     malloc = "glibc malloc tuned (GLIBC_TUNABLES)" if tuned_malloc else "glibc malloc as is"
+    accumulate = any(side == "accumulate" for _, _, side in medians)
+    extra = " fused, candle storing first gradients | that / JAX |" if accumulate else ""
     lines = [
         f"### {threads} thread(s): median ms per step over {rounds} rounds of {steps} steps, "
         f"{malloc}",
         "",
         "| model | method | JAX | advtrain, candle ops | advtrain, fused ops | fused, second order "
-        "off | fused / JAX | JAX: x plain | advtrain fused: x plain |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "off | fused / JAX | JAX: x plain | advtrain fused: x plain |" + extra,
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if accumulate else ""),
     ]
     for model in models:
         for method in METHODS:
@@ -131,10 +141,14 @@ def report(medians, threads, rounds, steps, tuned_malloc, models):
             fused_plain = medians[(model, "plain", "fused")]
             first = medians.get((model, method, "first-order"))
             first = "-" if first is None else f"{first:.2f}"
-            lines.append(
+            line = (
                 f"| {model} | {method} | {jax:.2f} | {candle} | {fused:.2f} | {first} | "
                 f"{fused / jax:.2f} | {jax / jax_plain:.2f}x | {fused / fused_plain:.2f}x |"
             )
+            if accumulate:
+                patched = medians[(model, method, "accumulate")]
+                line += f" {patched:.2f} | {patched / jax:.2f} |"
+            lines.append(line)
     if threads == 1 and "mlp" in models:
         lines += ["", "Goals (MLP, one thread):", ""]
         plain = medians[("mlp", "plain", "fused")] / medians[("mlp", "plain", "jax")]
@@ -170,6 +184,11 @@ def main():
     )
     parser.add_argument("--out", help="also write the tables to this markdown file")
     parser.add_argument(
+        "--rust-accumulate",
+        help="the bench built against candle storing first gradients (scripts/candle-accumulate.sh):"
+        " measured as a further side",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help=f"run the workers without GLIBC_TUNABLES={MALLOC_TUNABLES}",
@@ -185,7 +204,8 @@ def main():
     sections = []
     for threads in [int(t) for t in args.threads.split(",")]:
         tuned = not args.default_malloc
-        medians = measure(rust, jax, threads, args.rounds, args.steps, tuned, models)
+        accumulate = [args.rust_accumulate, "--worker"] if args.rust_accumulate else None
+        medians = measure(rust, jax, threads, args.rounds, args.steps, tuned, models, accumulate)
         sections.append(report(medians, threads, args.rounds, args.steps, tuned, models))
         print(sections[-1] + "\n", flush=True)
     if args.out:

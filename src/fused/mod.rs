@@ -36,7 +36,7 @@ mod wanted;
 pub use conv::conv2d;
 pub(crate) use gelu::{CUBIC, Derivative, SQRT_2_OVER_PI, gelu_erf_scaled, gelu_tanh_scaled};
 pub use gelu::{gelu_erf, gelu_tanh};
-pub use kernel::{erf_f32, exp_f32};
+pub use kernel::{EXP_F32_ZERO_BELOW, erf_f32, exp_f32};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::{cross_entropy, log_softmax_last_dim, softmax_last_dim};
