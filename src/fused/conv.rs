@@ -15,9 +15,9 @@
 
 use super::kernel::{Data, Real, check_input, data};
 use super::linear::{sum_columns, sum_rows};
+use super::product::product;
 use super::wanted::{needs_gradient, returned};
 use crate::Error;
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -202,7 +202,7 @@ fn channels_first<T: Real>(u: &[T], p: usize, o: usize) -> Vec<T> {
 /// | `KernelGrad` | `g, x` | `g^T U(x)` as `(o, r)` | `Forward(x, u)` | `InputGrad(g, u)` |
 ///
 /// (`g` an incoming gradient of the output's shape, `u` the gradient arriving at the part.) Each is
-/// one matrix product on candle's CPU matmul between an unfold or fold and a transposition, none of
+/// one matrix product ([`super::product`]) between an unfold or fold and a transposition, none of
 /// them graph nodes; the bias's gradient is `u` summed over images and positions, by products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Part {
@@ -262,7 +262,7 @@ impl Conv {
                 expect_dims(self.part, "kernel", l2, &[o, r])?;
                 let rows = T::storage(unfold(first, g));
                 let lr = Layout::contiguous((b * p, r));
-                let y = rows.matmul(second, (1, b * p, o, r), &lr, &l2.transpose(0, 1)?)?;
+                let y = product(&rows, &lr, second, &l2.transpose(0, 1)?, (b * p, o, r))?;
                 let y = channels_before_positions(T::slice(&y)?, p, o, bias);
                 Ok((y, Shape::from(self.output_dims(b, o).to_vec())))
             }
@@ -272,7 +272,7 @@ impl Conv {
                 expect_dims(self.part, "kernel", l2, &[o, r])?;
                 let rows = T::storage(positions_before_channels(first, p, o));
                 let lr = Layout::contiguous((b * p, o));
-                let rows = rows.matmul(second, (1, b * p, r, o), &lr, l2)?;
+                let rows = product(&rows, &lr, second, l2, (b * p, r, o))?;
                 let image = fold(T::slice(&rows)?, g);
                 Ok((image, Shape::from(self.image_dims(b).to_vec())))
             }
@@ -292,7 +292,7 @@ impl Conv {
                 let u = T::storage(channels_first(first, p, o));
                 let lu = Layout::contiguous((o, b * p));
                 let lr = Layout::contiguous((b * p, r));
-                let k = u.matmul(&rows, (1, o, r, b * p), &lu, &lr)?;
+                let k = product(&u, &lu, &rows, &lr, (o, r, b * p))?;
                 Ok((T::slice(&k)?.to_vec(), Shape::from((o, r))))
             }
         }
@@ -305,7 +305,7 @@ impl Conv {
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        // The second argument goes to the matmul as storage with its layout (candle's matmul reads
+        // The second argument goes to the product as storage with its layout (the product reads
         // from the layout's offset), or is read through `data`: it must be contiguous.
         if !l2.is_contiguous() {
             return Err(candle_core::Error::Msg(format!(

@@ -14,12 +14,13 @@
 //!
 //! The bias is added in place after the product (no broadcast node); its gradient is `u` summed over
 //! rows, taken as the product `1^T u` (`InputGrad(1^T, u)`, differentiable like the rest). The
-//! products run on candle's own CPU matmul. Book: "Fused operations and speed".
+//! products run on [`super::product`]: candle's CPU product without its zero fill. Book: "Fused
+//! operations and speed".
 
 use super::kernel::check_input;
+use super::product::product;
 use super::wanted::{needs_gradient, returned};
 use crate::Error;
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 /// The three products. `Linear` takes an optional third argument, the bias.
@@ -80,7 +81,7 @@ impl Product {
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (shape, [m, n, k], [la, lb]) = self.plan(la, lb)?;
-        Ok((sa.matmul(sb, (1, m, n, k), &la, &lb)?, shape))
+        Ok((product(sa, &la, sb, &lb, (m, n, k))?, shape))
     }
 
     /// The gradients of `(a, b)` for an incoming `u`, each only where needed.

@@ -29,6 +29,7 @@ mod gelu;
 mod kernel;
 mod layer_norm;
 mod linear;
+mod product;
 mod softmax;
 mod threads;
 mod wanted;

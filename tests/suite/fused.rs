@@ -919,3 +919,51 @@ fn backward_first_order_gives_the_same_gradients_without_their_graph() {
             .track_op()
     );
 }
+
+#[test]
+fn the_linear_products_equal_candles_matmul_exactly() {
+    // fused::linear computes its three products (forward, input gradient, weight gradient) by the
+    // same gemm call as candle's matmul, into memory that is not zero-filled first
+    // (src/fused/product.rs): the values must be candle's exactly, at one thread and at several,
+    // for shapes that do and do not fill gemm's register tiles.
+    let mut rng = Rng::new(31);
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for dtype in [DType::F64, DType::F32] {
+            for (m, k, n) in [(1, 1, 1), (3, 5, 7), (64, 33, 10), (257, 130, 96)] {
+                let normal = |rng: &mut Rng, shape: (usize, usize)| {
+                    rng.normal(shape, DType::F64, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let (x, w, u) = (
+                    normal(&mut rng, (m, k)),
+                    normal(&mut rng, (n, k)),
+                    normal(&mut rng, (m, n)),
+                );
+                let (y, grad_x, grad_w) = pool.install(|| {
+                    let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+                    let y = fused::linear(&xv, &wv, None).unwrap();
+                    let grads = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                    (
+                        values(&y),
+                        values(grads.get(xv.as_tensor()).unwrap()),
+                        values(grads.get(wv.as_tensor()).unwrap()),
+                    )
+                });
+                let case = format!("{dtype:?}, ({m}, {k}) x ({n}, {k})^T, {threads} thread(s)");
+                let candle = |t: candle_core::Result<Tensor>| pool.install(|| values(&t.unwrap()));
+                assert!(y == candle(x.matmul(&w.t().unwrap())), "values, {case}");
+                assert!(grad_x == candle(u.matmul(&w)), "input gradient, {case}");
+                assert!(
+                    grad_w == candle(u.t().unwrap().matmul(&x)),
+                    "weight gradient, {case}"
+                );
+            }
+        }
+    }
+}
