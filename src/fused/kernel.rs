@@ -113,7 +113,7 @@ pub fn erf_f32(x: f32) -> f32 {
 /// attention score (`-1e4` added to a padded key) must give a probability of 0. Clamped instead, it
 /// gave f32's smallest normal, 1.2e-38, whose products in the next matrix product are subnormal; on
 /// cores that take a slow microcode assist for each subnormal result (seen on a Xeon of the
-/// Sapphire Rapids generation) that made the toy encoder's step 14 times slower.
+/// Sapphire Rapids generation) that made the toy encoder's step 10 to 14 times slower.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer

@@ -323,7 +323,7 @@ fn the_f32_erf_and_exp_are_accurate_over_their_range() {
 fn the_f32_exp_gives_zero_not_a_subnormal_where_it_underflows() {
     // A masked attention score (-1e4 added to the logit) must give a probability of exactly 0: a
     // tiny normal number there makes the next matrix product's results subnormal, which some cores
-    // compute by a slow assist (a 14x slower step, book: "Fused operations and speed").
+    // compute by a slow assist (a 10x to 14x slower step, book: "Fused operations and speed").
     for x in [
         -1e4f32,
         -1000.0,
