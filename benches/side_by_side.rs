@@ -17,7 +17,8 @@
 //!
 //! The last two are the library's own models, on the fused ops only: they run as variant `fused`.
 //!
-//! Steps: `plain` (loss and the weights' gradients), `fgm` (eps 0.5, clean + adversarial),
+//! Steps: `plain` (the library's [`Plain`]: loss and the weights' gradients by a first-order
+//! backward pass), `fgm` (eps 0.5, clean + adversarial),
 //! `gradient_penalty` (eps 0.5, double backward), `hutchinson_1` (sigma 0.1, one Rademacher probe,
 //! trained through, reverse over reverse), and `hutchinson_taylor` (the same step by Taylor mode,
 //! [`advtrain::jet`]: each model's jet form, variant `fused` only; JAX's `hutchinson_1` is its
@@ -35,7 +36,7 @@
 
 use advtrain::init::SeededVarMap;
 use advtrain::models::{BertClassifier, BertConfig, Cnn, Head, Pooling};
-use advtrain::{Batch, Method};
+use advtrain::{Batch, Method, Plain};
 use advtrain::{CurvatureMethod, Fgm, GradientPenalty, Jet, Laplacian, Rng, Target, fused, ops};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
@@ -312,11 +313,9 @@ fn step(
     rng: &mut Rng,
 ) -> Result<f32> {
     let step = match method {
-        "plain" => {
-            let value = target.loss(loss)?;
-            std::hint::black_box(value.backward()?);
-            return Ok(value.to_scalar::<f32>()?);
-        }
+        // The library's plain step: one forward pass and a first-order backward
+        // (`fused::backward_first_order`), what a training loop running `Plain` gets.
+        "plain" => Plain.step(&Batch::new(target, loss), &mut Rng::new(0))?,
         "fgm" => Fgm::new(0.5)?.step(&Batch::new(target, loss), &mut Rng::new(0))?,
         "gradient_penalty" => {
             GradientPenalty::new(0.5)?.step(&Batch::new(target, loss), &mut Rng::new(0))?
