@@ -15,7 +15,7 @@
 
 use super::kernel::{Data, Real, check_input, data};
 use super::linear::{sum_columns, sum_rows};
-use super::product::product;
+use super::product::product_of;
 use super::wanted::{needs_gradient, returned};
 use crate::Error;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -260,20 +260,21 @@ impl Conv {
                 expect_dims(self.part, "input", l1, &self.image_dims(b))?;
                 let o = l2.dims().first().copied().unwrap_or(0);
                 expect_dims(self.part, "kernel", l2, &[o, r])?;
-                let rows = T::storage(unfold(first, g));
+                let rows = unfold(first, g);
                 let lr = Layout::contiguous((b * p, r));
-                let y = product(&rows, &lr, second, &l2.transpose(0, 1)?, (b * p, o, r))?;
-                let y = channels_before_positions(T::slice(&y)?, p, o, bias);
+                let kernel = T::slice(second)?;
+                let y = product_of(&rows, &lr, kernel, &l2.transpose(0, 1)?, (b * p, o, r))?;
+                let y = channels_before_positions(&y, p, o, bias);
                 Ok((y, Shape::from(self.output_dims(b, o).to_vec())))
             }
             Part::InputGrad => {
                 let o = l1.dims().get(1).copied().unwrap_or(0);
                 expect_dims(self.part, "gradient", l1, &self.output_dims(b, o))?;
                 expect_dims(self.part, "kernel", l2, &[o, r])?;
-                let rows = T::storage(positions_before_channels(first, p, o));
+                let rows = positions_before_channels(first, p, o);
                 let lr = Layout::contiguous((b * p, o));
-                let rows = product(&rows, &lr, second, l2, (b * p, r, o))?;
-                let image = fold(T::slice(&rows)?, g);
+                let rows = product_of(&rows, &lr, T::slice(second)?, l2, (b * p, r, o))?;
+                let image = fold(&rows, g);
                 Ok((image, Shape::from(self.image_dims(b).to_vec())))
             }
             Part::KernelGrad => {
@@ -288,12 +289,12 @@ impl Conv {
                         self.name()
                     ))
                 })?;
-                let rows = T::storage(unfold(x, g));
-                let u = T::storage(channels_first(first, p, o));
+                let rows = unfold(x, g);
+                let u = channels_first(first, p, o);
                 let lu = Layout::contiguous((o, b * p));
                 let lr = Layout::contiguous((b * p, r));
-                let k = product(&u, &lu, &rows, &lr, (o, r, b * p))?;
-                Ok((T::slice(&k)?.to_vec(), Shape::from((o, r))))
+                let k = product_of(&u, &lu, &rows, &lr, (o, r, b * p))?;
+                Ok((k, Shape::from((o, r))))
             }
         }
     }

@@ -17,8 +17,6 @@ pub(crate) trait Real: Float + Send + Sync + 'static {
     fn erf(self) -> Self;
     fn exp_fast(self) -> Self;
     fn constant(value: f64) -> Self;
-    /// CPU storage owning `values`.
-    fn storage(values: Vec<Self>) -> CpuStorage;
     /// The elements of `storage`, or an error if it holds another dtype.
     fn slice(storage: &CpuStorage) -> candle_core::Result<&[Self]>;
 }
@@ -43,9 +41,6 @@ impl Real for f32 {
     fn constant(value: f64) -> Self {
         value as f32
     }
-    fn storage(values: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(values)
-    }
     fn slice(storage: &CpuStorage) -> candle_core::Result<&[Self]> {
         match storage {
             CpuStorage::F32(v) => Ok(v),
@@ -66,9 +61,6 @@ impl Real for f64 {
     #[inline(always)]
     fn constant(value: f64) -> Self {
         value
-    }
-    fn storage(values: Vec<Self>) -> CpuStorage {
-        CpuStorage::F64(values)
     }
     fn slice(storage: &CpuStorage) -> candle_core::Result<&[Self]> {
         match storage {

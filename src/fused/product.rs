@@ -25,10 +25,10 @@ pub(crate) fn product(
 ) -> candle_core::Result<CpuStorage> {
     match (sa, sb) {
         (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            Ok(CpuStorage::F32(into_new(a, la, b, lb, (m, n, k))?))
+            Ok(CpuStorage::F32(product_of(a, la, b, lb, (m, n, k))?))
         }
         (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            Ok(CpuStorage::F64(into_new(a, la, b, lb, (m, n, k))?))
+            Ok(CpuStorage::F64(product_of(a, la, b, lb, (m, n, k))?))
         }
         _ => sa.matmul(sb, (1, m, n, k), la, lb),
     }
@@ -65,7 +65,8 @@ fn strides(
     Ok((rs as isize, cs as isize))
 }
 
-fn into_new<T: Real>(
+/// [`product`] on the elements themselves, for a kernel that already holds typed slices.
+pub(crate) fn product_of<T: Real>(
     a: &[T],
     la: &Layout,
     b: &[T],
