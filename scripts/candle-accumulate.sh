@@ -31,11 +31,7 @@ cd "$work/workspace"
 CARGO_TARGET_DIR=$root/target CANDLE_GRAD_DO_NOT_DETACH=1 cargo bench -p advtrain --bench side_by_side \
     --no-run --message-format=json \
     --config "patch.crates-io.candle-core.path=\"$work/candle-core\"" 2>"$work/build.log" |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "side_by_side" and m.get("executable"):
-        print(m["executable"])' >"$work/executable"
+    python3 "$root/scripts/bench_executable.py" side_by_side >"$work/executable"
 if [ ! -s "$work/executable" ]; then
     echo "building the bench against the patched candle failed; see $work/build.log" >&2
     exit 1

@@ -21,11 +21,7 @@ if ! "$venv/bin/python" -c "import jax; assert jax.__version__ == '$JAX_VERSION'
 fi
 # Build the bench and find its executable from cargo's own report of it.
 bench=$(CANDLE_GRAD_DO_NOT_DETACH=1 cargo bench -p advtrain --bench side_by_side --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "side_by_side" and m.get("executable"):
-        print(m["executable"])')
+    python3 scripts/bench_executable.py side_by_side)
 if [ -z "$bench" ]; then
     echo "building benches/side_by_side.rs failed; run: cargo bench --bench side_by_side --no-run" >&2
     exit 1
