@@ -119,3 +119,42 @@ pub fn gelu_tanh(x: &Tensor) -> OpResult<Tensor> {
     let u = ((x + ((x * x.sqr()?)? * CUBIC)?)? * SQRT_2_OVER_PI)?;
     (x * 0.5)? * (u.tanh()? + 1.0)?
 }
+
+/// Multi-head attention from candle's differentiable primitives: each of `q` `(batch, n, width)`
+/// and `k`, `v` `(batch, m, width)` split into `heads` heads by reshape and transpose,
+/// `softmax(q_h k_h^T / sqrt(width / heads) + key_bias) v_h` by batched matmuls, the heads merged
+/// back to `(batch, n, width)`. The reference [`crate::fused::attention`] is checked against, and
+/// its form off the CPU; `key_bias` broadcasts to the scores `(batch, heads, n, m)`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: Option<&Tensor>,
+    heads: usize,
+) -> OpResult<Tensor> {
+    let (b, n, width) = q.dims3()?;
+    if heads == 0 || width % heads != 0 {
+        return Err(crate::Error::InvalidArgument {
+            name: "heads",
+            reason: format!("{heads} heads for a width of {width}"),
+            fix: "pass a number of heads that divides the width".into(),
+        }
+        .into());
+    }
+    let head = width / heads;
+    let split = |x: &Tensor| -> OpResult<Tensor> {
+        let tokens = x.dim(1)?;
+        x.reshape((b, tokens, heads, head))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let scores = (split(q)?.matmul(&split(k)?.t()?.contiguous()?)? / (head as f64).sqrt())?;
+    let scores = match key_bias {
+        Some(bias) => scores.broadcast_add(bias)?,
+        None => scores,
+    };
+    softmax_last_dim(&scores)?
+        .matmul(&split(v)?)?
+        .transpose(1, 2)?
+        .reshape((b, n, width))
+}

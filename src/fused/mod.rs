@@ -9,6 +9,7 @@
 //! | [`softmax_last_dim`], [`log_softmax_last_dim`] | [`crate::ops::softmax_last_dim`], [`crate::ops::log_softmax_last_dim`] | `softmax` |
 //! | [`cross_entropy`] | `candle_nn::loss::cross_entropy` | `softmax` |
 //! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
+//! | [`attention`] | [`crate::ops::attention`] (heads split by reshapes, candle's batched matmul) | `attention` |
 //! | [`conv2d`] | `Tensor::conv2d` (its backward) | `conv` |
 //! | [`backward_for`], [`backward_except`], [`backward_first_order`] | `Tensor::backward` | `wanted` |
 //! | [`in_worker_pool`] | calling the ops from outside the thread pool | `threads` |
@@ -24,6 +25,7 @@
 //! device each function falls back to the composite form. Book: "Fused operations and speed".
 
 mod affine;
+mod attention;
 mod conv;
 mod gelu;
 mod kernel;
@@ -34,6 +36,7 @@ mod softmax;
 mod threads;
 mod wanted;
 
+pub use attention::attention;
 pub use conv::conv2d;
 pub(crate) use gelu::{CUBIC, Derivative, SQRT_2_OVER_PI, gelu_erf_scaled, gelu_tanh_scaled};
 pub use gelu::{gelu_erf, gelu_tanh};

@@ -88,33 +88,63 @@ pub(crate) fn product_of<T: Real>(
         &b[lb.start_offset().min(b.len())..],
     );
     // SAFETY: the operands' strides address elements inside their slices (checked above; with
-    // `k == 0` nothing is read). With `read_dst = false` gemm writes every element of the row-major
-    // (m, n) output without reading it (zeros when `k == 0`, nothing when `m` or `n` is 0), so all
-    // `len` elements are initialised before `set_len`. The arguments are those of candle's call:
-    // alpha 0 (the old output's weight), beta 1, no conjugation.
+    // `k == 0` nothing is read), and the output is the row-major (m, n) block of `len` elements,
+    // all written by `strided_product` before `set_len`.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        strided_product(
+            (m, n, k),
             out.spare_capacity_mut().as_mut_ptr().cast::<T>(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            T::zero(),
+            n,
+            (a.as_ptr(), a_rs, a_cs),
+            (b.as_ptr(), b_rs, b_cs),
             T::one(),
-            false,
-            false,
-            false,
             parallelism,
         );
         out.set_len(len);
     }
     Ok(out)
+}
+
+/// `dst = scale * a b` for an `(m, k)` operand `a` and a `(k, n)` operand `b` given as (pointer,
+/// row stride, column stride), into the `(m, n)` block at `dst` whose rows lie `dst_row_stride`
+/// elements apart (columns adjacent). `gemm` writes every element of the block without reading it
+/// (`read_dst = false`; zeros when `k == 0`): candle's call, with the product's weight `scale`.
+///
+/// # Safety
+/// Every element the strides address must lie inside the operands' allocations, and the block at
+/// `dst` inside its own, not overlapping the operands; no other thread may touch the block.
+pub(crate) unsafe fn strided_product<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_row_stride: usize,
+    (a, a_rs, a_cs): (*const T, isize, isize),
+    (b, b_rs, b_cs): (*const T, isize, isize),
+    scale: T,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract; alpha 0 is the old output's weight (unread), beta `scale` the
+    // product's, no conjugation.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            false,
+            a,
+            a_cs,
+            a_rs,
+            b,
+            b_cs,
+            b_rs,
+            T::zero(),
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }

@@ -3,8 +3,9 @@
 //!
 //! The encoder is BERT's post-norm transformer: word + position + token-type embeddings, a layer norm,
 //! then per layer `h = LN(h + Attention(h))`, `h = LN(h + W2 act(W1 h))`. Every linear map is
-//! [`crate::fused::linear`], every layer norm [`crate::fused::layer_norm`], the attention weights
-//! [`crate::fused::softmax_last_dim`] and the activation [`crate::fused::gelu_erf`] or
+//! [`crate::fused::linear`], every layer norm [`crate::fused::layer_norm`], the attention
+//! [`crate::fused::attention`] (heads as strided views, the weights by the fused softmax) and the
+//! activation [`crate::fused::gelu_erf`] or
 //! [`crate::fused::gelu_tanh`]: each has a backward differentiable to any order, so an embedding
 //! perturbation gets its true gradient and gradient penalty / Hutchinson differentiate through the
 //! whole encoder. The head pools the last layer ([`Pooling::Cls`], the first token as the seeds'
@@ -681,22 +682,11 @@ impl BertClassifier {
         key_bias: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let (b, n, d) = h.dims3()?;
+        let q = layer.query.forward(h, train)?;
+        let k = layer.key.forward(h, train)?;
+        let v = layer.value.forward(h, train)?;
         let heads = self.config.num_attention_heads;
-        let split = |x: Tensor| -> Result<Tensor> {
-            Ok(x.reshape((b, n, heads, d / heads))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(layer.query.forward(h, train)?)?;
-        let k = split(layer.key.forward(h, train)?)?;
-        let v = split(layer.value.forward(h, train)?)?;
-        let scale = 1.0 / ((d / heads) as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(key_bias)?;
-        let context = crate::fused::softmax_last_dim(&scores)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, n, d))?;
+        let context = crate::fused::attention(&q, &k, &v, Some(key_bias), heads)?;
         layer.attention_out.forward(&context, train)
     }
 

@@ -116,6 +116,21 @@ fn cases() -> Vec<Case> {
             shape: (2, 72),
         },
         Case {
+            name: "attention",
+            // Two sequences of three tokens, width 8 in two heads; the queries, keys and values
+            // all depend on x (so every argument's gradient path is checked), and the bias masks
+            // the second sequence's last key.
+            fused: Box::new(|x| {
+                let (q, k, v, bias) = attention_inputs(x)?;
+                fused::attention(&q, &k, &v, Some(&bias), 2)
+            }),
+            composite: Box::new(|x| {
+                let (q, k, v, bias) = attention_inputs(x)?;
+                ops::attention(&q, &k, &v, Some(&bias), 2)
+            }),
+            shape: (6, 8),
+        },
+        Case {
             name: "cross_entropy",
             fused: Box::new(|z| fused::cross_entropy(z, &labels())),
             // candle_nn's cross_entropy fails in a double backward whose incoming gradient
@@ -128,6 +143,18 @@ fn cases() -> Vec<Case> {
             shape: (5, 7),
         },
     ]
+}
+
+/// Queries, keys and values `(2, 3, 8)` from `x` `(6, 8)`, and a key bias `(2, 1, 1, 3)`.
+type AttentionInputs = (Tensor, Tensor, Tensor, Tensor);
+fn attention_inputs(x: &Tensor) -> candle_core::Result<AttentionInputs> {
+    let q = x.reshape((2, 3, 8))?;
+    let k = (q.affine(0.7, 0.1)? + q.sqr()? * 0.2)?;
+    let v = (q.affine(-0.5, 0.3)? + q.sin()?)?;
+    let bias = Tensor::new(&[0.0f64, 0.3, -0.2, 0.1, -0.4, -1e4], x.device())?
+        .to_dtype(x.dtype())?
+        .reshape((2, 1, 1, 3))?;
+    Ok((q, k, v, bias))
 }
 
 fn points(shape: (usize, usize), dtype: DType) -> Tensor {
@@ -537,12 +564,18 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
     // does the serial arithmetic on its part, so values and gradients must be identical, in f64 and
     // in f32 (whose erf and exp are the vectorised polynomial forms).
     type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
-    let ops: [(&str, Unary); 5] = [
+    let ops: [(&str, Unary); 6] = [
         ("gelu_erf", fused::gelu_erf),
         ("gelu_tanh", fused::gelu_tanh),
         ("layer_norm", |x| fused::layer_norm(x, None, None, 1e-5)),
         ("softmax", fused::softmax_last_dim),
         ("log_softmax", fused::log_softmax_last_dim),
+        // Three sequences of 100 tokens, width 257 in one head: enough work for the
+        // (sequence, head) pairs to split over the pool.
+        ("attention", |x| {
+            let x = x.reshape((3, 100, 257))?;
+            fused::attention(&x, &x.affine(0.5, 0.0)?, &x, None, 1)?.reshape((300, 257))
+        }),
     ];
     for dtype in [DType::F64, DType::F32] {
         let x = points((300, 257), dtype);
@@ -966,4 +999,79 @@ fn the_linear_products_equal_candles_matmul_exactly() {
             }
         }
     }
+}
+
+/// Cross-attention (queries and keys of different lengths) in four heads: the values and the
+/// gradients of queries, keys and values equal the composite form's in f64, also with the pairs
+/// split over two threads; bad arguments are errors naming them.
+#[test]
+fn attention_equals_the_composite_form_for_each_argument() {
+    let mut rng = Rng::new(21);
+    let normal = |shape: (usize, usize, usize), rng: &mut Rng| {
+        rng.normal(shape, DType::F64, &Device::Cpu).unwrap()
+    };
+    let (b, n, m, width, heads) = (3, 40, 70, 64, 4);
+    let q = normal((b, n, width), &mut rng);
+    let k = normal((b, m, width), &mut rng);
+    let v = normal((b, m, width), &mut rng);
+    let bias = rng.normal((b, 1, 1, m), DType::F64, &Device::Cpu).unwrap();
+    let weights = normal((b, n, width), &mut rng);
+    let run = |threads: usize, fused_op: bool| -> [Vec<f64>; 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
+            let [qv, kv, vv] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
+            let out = if fused_op {
+                fused::attention(&qv, &kv, &vv, Some(&bias), heads).unwrap()
+            } else {
+                ops::attention(&qv, &kv, &vv, Some(&bias), heads).unwrap()
+            };
+            let grads = (&out * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grad = |t: &Tensor| values(grads.get(t).unwrap());
+            [values(&out), grad(&qv), grad(&kv), grad(&vv)]
+        })
+    };
+    let composite = run(1, false);
+    let (one, two) = (run(1, true), run(2, true));
+    for (i, what) in ["value", "q gradient", "k gradient", "v gradient"]
+        .iter()
+        .enumerate()
+    {
+        let error = composite[i]
+            .iter()
+            .zip(&one[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+            / composite[i].iter().map(|a| a.abs()).fold(0.0, f64::max);
+        println!("attention {what}: relative error {error:.1e}");
+        assert!(error < 1e-13, "attention {what}: {error:e}");
+        assert!(one[i] == two[i], "attention {what}: 1 and 2 threads differ");
+    }
+    let message = fused::attention(&q, &k, &v, None, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("heads") && message.contains("divides"),
+        "{message}"
+    );
+    let short = normal((b, m, width / 2), &mut rng);
+    let message = fused::attention(&q, &short, &v, None, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("k") && message.contains("one shape"),
+        "{message}"
+    );
+    let message = fused::attention(&q.flatten_to(1).unwrap(), &k, &v, None, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("(batch, tokens, width)"), "{message}");
 }
