@@ -1,8 +1,9 @@
 //! advtrain's side of the side-by-side benchmark against JAX (`scripts/side-by-side.sh`).
 //!
 //! Two models, f32 on the CPU, each in two variants: `candle` (`candle_nn::Linear`, candle's own
-//! GELU, the composite layer norm and softmax of [`advtrain::ops`], `candle_nn`'s cross-entropy) and
-//! `fused` (the same model with [`advtrain::fused`], linear layers included):
+//! GELU, the composite layer norm and softmax of [`advtrain::ops`], candle's batched matmul for the
+//! attention, `candle_nn`'s cross-entropy) and `fused` (the same model with [`advtrain::fused`],
+//! linear layers and attention included):
 //! * `mlp`: 512-512-512-10, GELU (erf), softmax cross-entropy, batch 256, input target;
 //! * `embedding`: vocabulary 5,000, width 128, 32 tokens, batch 32; two pre-norm transformer blocks
 //!   (single-head self-attention, feed-forward 128-512-128 with GELU), a final layer norm, masked mean
@@ -47,6 +48,9 @@ type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
 type Norm = fn(&Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> candle_core::Result<Tensor>;
 type Loss = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
 type Layer = fn(&Tensor, &Linear) -> candle_core::Result<Tensor>;
+/// Single-head attention of queries, keys and values `(batch, tokens, width)` with a key bias
+/// `(batch, 1, tokens)`.
+type Attention = fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
 
 /// The elementwise and row-wise operations a variant uses.
 #[derive(Clone, Copy)]
@@ -54,7 +58,7 @@ struct Ops {
     linear: Layer,
     gelu: Unary,
     layer_norm: Norm,
-    softmax: Unary,
+    attention: Attention,
     cross_entropy: Loss,
 }
 
@@ -70,6 +74,26 @@ fn fused_linear(x: &Tensor, layer: &Linear) -> candle_core::Result<Tensor> {
     fused::linear(x, layer.weight(), layer.bias())
 }
 
+/// candle's batched matmul, the transposed keys and the composite softmax.
+fn candle_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (WIDTH as f64).sqrt()))?;
+    ops::softmax_last_dim(&scores.broadcast_add(key_bias)?)?.matmul(v)
+}
+
+fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+) -> candle_core::Result<Tensor> {
+    fused::attention(q, k, v, Some(&key_bias.unsqueeze(1)?), 1)
+}
+
 fn candle_cross_entropy(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::loss::cross_entropy(z, y)
 }
@@ -78,7 +102,7 @@ const CANDLE: Ops = Ops {
     linear: candle_linear,
     gelu: candle_gelu,
     layer_norm: ops::layer_norm,
-    softmax: ops::softmax_last_dim,
+    attention: candle_attention,
     cross_entropy: candle_cross_entropy,
 };
 
@@ -86,7 +110,7 @@ const FUSED: Ops = Ops {
     linear: fused_linear,
     gelu: fused::gelu_erf,
     layer_norm: fused::layer_norm,
-    softmax: fused::softmax_last_dim,
+    attention: fused_attention,
     cross_entropy: fused::cross_entropy,
 };
 
@@ -224,10 +248,13 @@ impl Embedding {
         for block in &self.blocks {
             let x = norm(&h, &block.norm1)?;
             let linear = |x: &Tensor, layer: &Linear| (ops.linear)(x, layer);
-            let scores = (linear(&x, &block.query)?.matmul(&linear(&x, &block.key)?.t()?)?
-                * (1.0 / (WIDTH as f64).sqrt()))?;
-            let attention = (ops.softmax)(&scores.broadcast_add(&key_bias)?)?;
-            h = (h + linear(&attention.matmul(&linear(&x, &block.value)?)?, &block.out)?)?;
+            let context = (ops.attention)(
+                &linear(&x, &block.query)?,
+                &linear(&x, &block.key)?,
+                &linear(&x, &block.value)?,
+                &key_bias,
+            )?;
+            h = (h + linear(&context, &block.out)?)?;
             let x = norm(&h, &block.norm2)?;
             h = (&h + linear(&(ops.gelu)(&linear(&x, &block.up)?)?, &block.down)?)?;
         }
