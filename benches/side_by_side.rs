@@ -2,8 +2,8 @@
 //!
 //! Two models, f32 on the CPU, each in two variants: `candle` (`candle_nn::Linear`, candle's own
 //! GELU, the composite layer norm and softmax of [`advtrain::ops`], candle's batched matmul for the
-//! attention, `candle_nn`'s cross-entropy) and `fused` (the same model with [`advtrain::fused`],
-//! linear layers and attention included):
+//! attention, `index_select` for the embedding lookup, `candle_nn`'s cross-entropy) and `fused`
+//! (the same model with [`advtrain::fused`], linear layers, attention and lookup included):
 //! * `mlp`: 512-512-512-10, GELU (erf), softmax cross-entropy, batch 256, input target;
 //! * `embedding`: vocabulary 5,000, width 128, 32 tokens, batch 32; two pre-norm transformer blocks
 //!   (single-head self-attention, feed-forward 128-512-128 with GELU), a final layer norm, masked mean
@@ -51,6 +51,8 @@ type Layer = fn(&Tensor, &Linear) -> candle_core::Result<Tensor>;
 /// Single-head attention of queries, keys and values `(batch, tokens, width)` with a key bias
 /// `(batch, 1, tokens)`.
 type Attention = fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+/// The rows of an embedding matrix at ids `(batch, tokens)`: `(batch, tokens, width)`.
+type Lookup = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
 
 /// The elementwise and row-wise operations a variant uses.
 #[derive(Clone, Copy)]
@@ -59,6 +61,7 @@ struct Ops {
     gelu: Unary,
     layer_norm: Norm,
     attention: Attention,
+    embedding: Lookup,
     cross_entropy: Loss,
 }
 
@@ -94,6 +97,13 @@ fn fused_attention(
     fused::attention(q, k, v, Some(&key_bias.unsqueeze(1)?), 1)
 }
 
+fn candle_embedding(matrix: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, n) = ids.dims2()?;
+    matrix
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, n, matrix.dim(1)?))
+}
+
 fn candle_cross_entropy(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::loss::cross_entropy(z, y)
 }
@@ -103,6 +113,7 @@ const CANDLE: Ops = Ops {
     gelu: candle_gelu,
     layer_norm: ops::layer_norm,
     attention: candle_attention,
+    embedding: candle_embedding,
     cross_entropy: candle_cross_entropy,
 };
 
@@ -111,6 +122,7 @@ const FUSED: Ops = Ops {
     gelu: fused::gelu_erf,
     layer_norm: fused::layer_norm,
     attention: fused_attention,
+    embedding: fused::embedding,
     cross_entropy: fused::cross_entropy,
 };
 
@@ -232,12 +244,8 @@ impl Embedding {
         })
     }
 
-    fn embed(&self) -> Result<Tensor> {
-        let (b, n) = self.ids.dims2()?;
-        Ok(self
-            .matrix
-            .index_select(&self.ids.flatten_all()?, 0)?
-            .reshape((b, n, WIDTH))?)
+    fn embed(&self, ops: Ops) -> Result<Tensor> {
+        Ok((ops.embedding)(&self.matrix, &self.ids)?)
     }
 
     fn loss(&self, ops: Ops, e: &Tensor) -> Result<Tensor> {
@@ -491,7 +499,7 @@ impl Bench {
             "embedding" => {
                 let model = &self.embedding;
                 let loss = |e: &Tensor| model.loss(ops, e).map_err(candle_core::Error::from);
-                let e = model.embed()?;
+                let e = model.embed(ops)?;
                 let target = Target::embedding_output(&e, Some(&model.mask))?;
                 let jet = |e: &Jet| model.loss_jet(e);
                 let jet = fused_only(variant, &jet);

@@ -83,9 +83,7 @@ pub struct RowLookup {
 impl RowLookup {
     /// The embedding output `(ids..., d)` from the (perturbed) rows `(rows, d)`.
     pub fn embed(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
-        let mut shape = self.shape.clone();
-        shape.push(rows.dim(1)?);
-        rows.index_select(&self.positions, 0)?.reshape(shape)
+        crate::fused::embedding(rows, &self.positions.reshape(self.shape.as_slice())?)
     }
 }
 

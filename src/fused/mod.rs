@@ -9,6 +9,7 @@
 //! | [`softmax_last_dim`], [`log_softmax_last_dim`] | [`crate::ops::softmax_last_dim`], [`crate::ops::log_softmax_last_dim`] | `softmax` |
 //! | [`cross_entropy`] | `candle_nn::loss::cross_entropy` | `softmax` |
 //! | [`linear`] | `candle_nn::Linear::forward` | `linear` |
+//! | [`embedding`] | `Tensor::index_select` on an embedding matrix (its backward) | `embedding` |
 //! | [`attention`] | [`crate::ops::attention`] (heads split by reshapes, candle's batched matmul) | `attention` |
 //! | [`conv2d`] | `Tensor::conv2d` (its backward) | `conv` |
 //! | [`backward_for`], [`backward_except`], [`backward_first_order`] | `Tensor::backward` | `wanted` |
@@ -27,6 +28,7 @@
 mod affine;
 mod attention;
 mod conv;
+mod embedding;
 mod gelu;
 mod kernel;
 mod layer_norm;
@@ -38,6 +40,7 @@ mod wanted;
 
 pub use attention::attention;
 pub use conv::conv2d;
+pub use embedding::embedding;
 pub(crate) use gelu::{CUBIC, Derivative, SQRT_2_OVER_PI, gelu_erf_scaled, gelu_tanh_scaled};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use kernel::{EXP_F32_ZERO_BELOW, erf_f32, exp_f32};

@@ -670,9 +670,7 @@ impl BertClassifier {
                     .into(),
             });
         }
-        Ok(matrix
-            .index_select(&flat, 0)?
-            .reshape((b, n, self.config.hidden_size))?)
+        Ok(crate::fused::embedding(matrix, ids)?)
     }
 
     fn attention(

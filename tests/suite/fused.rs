@@ -1075,3 +1075,66 @@ fn attention_equals_the_composite_form_for_each_argument() {
         .to_string();
     assert!(message.contains("(batch, tokens, width)"), "{message}");
 }
+
+/// The embedding lookup equals candle's `index_select` in value and gradient (ids repeated, so rows
+/// add), its Hessian-vector product matches finite differences (through both of its ops), a pass
+/// that does not want the matrix's gradient does not compute it, and bad ids are errors naming them.
+#[test]
+fn embedding_equals_index_select_and_skips_unwanted_gradients() {
+    let matrix = points((9, 5), DType::F64);
+    let ids = Tensor::new(&[[3u32, 0, 3], [8, 3, 1]], &Device::Cpu).unwrap();
+    let lookup = |m: &Tensor| fused::embedding(m, &ids);
+    let candle = |m: &Tensor| m.index_select(&ids.flatten_all()?, 0)?.reshape((2, 3, 5));
+    let fused_value = lookup(&matrix).unwrap();
+    assert_eq!(fused_value.dims(), [2, 3, 5]);
+    assert_eq!(values(&fused_value), values(&candle(&matrix).unwrap()));
+    let (ours, theirs) = (
+        gradient(&|m| scalar(&lookup(m)?), &matrix),
+        gradient(&|m| scalar(&candle(m)?), &matrix),
+    );
+    let error = relative_error(&ours, &theirs).unwrap();
+    assert!(error < 1e-15, "gradient {error:e}");
+    // Row 3 is looked up three times, rows 2 and 4 never: their gradient is zero.
+    assert!(values(&ours.get(2).unwrap()).iter().all(|&g| g == 0.0));
+    let v = points((9, 5), DType::F64).affine(0.5, 0.2).unwrap();
+    let second = gradcheck_second_order(|m| scalar(&lookup(m)?), &matrix, &v, 1e-5).unwrap();
+    assert!(
+        second.norm > 0.0 && second.relative_error < 1e-7,
+        "{second:?}"
+    );
+
+    let m = Var::from_tensor(&matrix).unwrap();
+    let probe = Var::zeros((2, 3, 5), DType::F64, &Device::Cpu).unwrap();
+    let loss = || {
+        scalar(&(fused::embedding(m.as_tensor(), &ids).unwrap() + probe.as_tensor()).unwrap())
+            .unwrap()
+    };
+    let inner = fused::backward_for(&loss(), &[probe.as_tensor()]).unwrap();
+    assert!(inner.get(probe.as_tensor()).is_some());
+    assert!(inner.get(m.as_tensor()).is_none());
+    assert!(loss().backward().unwrap().get(m.as_tensor()).is_some());
+
+    let too_large = Tensor::new(&[1u32, 9], &Device::Cpu).unwrap();
+    let message = fused::embedding(&matrix, &too_large)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("ids") && message.contains("id 9"),
+        "{message}"
+    );
+    let negative = Tensor::new(&[1i64, -2], &Device::Cpu).unwrap();
+    let message = fused::embedding(&matrix, &negative)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("negative"), "{message}");
+    let floats = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+    let message = fused::embedding(&matrix, &floats).unwrap_err().to_string();
+    assert!(
+        message.contains("ids") && message.contains("u32"),
+        "{message}"
+    );
+    let message = fused::embedding(&matrix.flatten_all().unwrap(), &ids)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("(vocabulary, width)"), "{message}");
+}

@@ -605,3 +605,46 @@ fn the_models_jet_forms_match_double_backward() {
         assert!(error < 1e-12, "CNN: {taylor} against {exact} ({error:e})");
     }
 }
+
+/// The encoder looks its words up with `fused::embedding`: a training step (plain, FGM, gradient
+/// penalty) gives the word-embedding matrix the same gradient as through candle's `index_select`,
+/// whose backward computes it in every pass.
+#[test]
+fn the_fused_lookup_gives_every_method_the_matrix_gradient_of_index_select() {
+    use advtrain::{Batch, Fgm, GradientPenalty, Method, Plain, Rng, Target};
+    let model = tiny(Pooling::Mean);
+    let (ids, mask, labels) = batch();
+    let matrix = model.word_embeddings().as_tensor();
+    let loss = |e: &Tensor| {
+        advtrain::fused::cross_entropy(&model.logits_from_embeddings(e, &mask)?, &labels)
+    };
+    let through_candle = matrix
+        .index_select(&ids.flatten_all().unwrap(), 0)
+        .unwrap()
+        .reshape((2, 4, 8))
+        .unwrap();
+    let methods: [(&str, Box<dyn Method>); 3] = [
+        ("plain", Box::new(Plain)),
+        ("fgm", Box::new(Fgm::new(0.3).unwrap())),
+        (
+            "gradient penalty",
+            Box::new(GradientPenalty::new(0.3).unwrap()),
+        ),
+    ];
+    for (name, mut method) in methods {
+        let mut step = |e: &Tensor| {
+            let target = Target::embedding_output(e, Some(&mask)).unwrap();
+            let step = method
+                .step(&Batch::new(&target, &loss), &mut Rng::new(0))
+                .unwrap();
+            step.grads
+                .get(matrix)
+                .expect("the matrix's gradient")
+                .clone()
+        };
+        let ours = step(&model.embed(&ids).unwrap());
+        let theirs = step(&through_candle);
+        let error = relative_error(&ours, &theirs).unwrap();
+        assert!(error < 1e-14, "{name}: {error:e}");
+    }
+}
