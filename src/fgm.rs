@@ -11,7 +11,7 @@ use crate::ball::ValidRange;
 use crate::error::check_non_negative;
 use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{CleanPass, Objective, Passes, Step, combine};
+use crate::step::{Objective, Passes, Step, combine};
 use crate::target::Target;
 use crate::{Result, Rng};
 use candle_core::Tensor;
@@ -126,7 +126,7 @@ impl Method for Fgm {
         let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
         // First order only: the clean pass is reduced to values at once (with second order on, candle
         // would otherwise keep its graph alive through the adversarial pass).
-        let clean = CleanPass::from(target.loss_and_gradient(&loss_fn)?);
+        let clean = target.clean_pass(&loss_fn)?;
         batch.check_gradient(&clean.gradient)?;
         let delta = self.perturbation(target, &clean.gradient)?;
         let (adversarial, adversarial_grads) = target.gradients_at(&loss_fn, Some(&delta))?;

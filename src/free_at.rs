@@ -13,7 +13,7 @@ use crate::ball::Ball;
 use crate::error::{check_count, check_non_negative};
 use crate::method::{Batch, Method};
 use crate::norm::StepNorm;
-use crate::step::{CleanPass, Passes, Step};
+use crate::step::{Passes, Step};
 use crate::{Result, Rng};
 use candle_core::{Shape, Tensor};
 
@@ -124,7 +124,7 @@ impl Method for FreeAt {
             None => p.zeros_like()?,
         };
         let loss_fn = |p: &Tensor| batch.loss_at(p);
-        let pass = CleanPass::from(target.loss_and_gradient_at(&loss_fn, &delta)?);
+        let pass = target.clean_pass_at(&loss_fn, &delta)?;
         batch.check_gradient(&pass.gradient)?;
         let moved =
             (&delta + (self.config.norm.direction(target, &pass.gradient)? * self.config.eps)?)?;

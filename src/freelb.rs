@@ -15,7 +15,7 @@ use crate::error::{check_count, check_non_negative, check_positive};
 use crate::grads::scale_all;
 use crate::method::{Batch, Method};
 use crate::norm::{Scope, StepNorm};
-use crate::step::{CleanPass, Passes, Step, plain};
+use crate::step::{Passes, Step, plain};
 use crate::target::Target;
 use crate::{Error, Result, Rng};
 use candle_core::Tensor;
@@ -206,7 +206,7 @@ impl Method for FreeLb {
         let mut delta = self.initial(target, rng)?;
         let mut total: Option<Step> = None;
         for t in 0..self.config.steps {
-            let pass = CleanPass::from(target.loss_and_gradient_at(&loss_fn, &delta)?);
+            let pass = target.clean_pass_at(&loss_fn, &delta)?;
             if t == 0 {
                 batch.check_gradient(&pass.gradient)?;
             }

@@ -152,7 +152,7 @@ impl Pgd {
         rng: &mut Rng,
     ) -> Result<(Tensor, CleanPass, usize)> {
         let (target, loss_fn) = (batch.target(), |p: &Tensor| batch.loss_at(p));
-        let clean = CleanPass::from(target.loss_and_gradient(&loss_fn)?);
+        let clean = target.clean_pass(&loss_fn)?;
         batch.check_gradient(&clean.gradient)?;
         let (mut delta, mut extra) = match self.config.start {
             Start::Zero => {

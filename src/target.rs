@@ -23,6 +23,7 @@
 //! variable copy of the point when it is data without a mask, or from the weight's own gradient when
 //! the point is a `Var`. Book chapter: "Min-max".
 
+use crate::step::CleanPass;
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -69,6 +70,9 @@ enum Gradients {
     Every,
     /// The probe's; the fused ops skip the weights' ([`crate::fused::backward_for`]).
     PointOnly,
+    /// Every variable's, by a first-order pass ([`crate::fused::backward_first_order`]): for a
+    /// pass whose gradients are reduced to values at once ([`CleanPass`]).
+    EveryFirstOrder,
 }
 
 /// Where each token of a batch sits among the rows of a [`Target::embedding_rows`] target.
@@ -449,9 +453,32 @@ impl Target {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
-        let (point, probe) = self.probe_point()?;
-        let keep = self.probe_is_weight();
-        self.gradient_through(loss_fn, &point, probe, keep, Gradients::Every)
+        self.gradient_with(loss_fn, Gradients::Every)
+    }
+
+    /// [`Target::loss_and_gradient`] reduced to values ([`CleanPass`]), by a first-order backward
+    /// pass: the fused ops return their gradients detached, so the pass's intermediate gradients
+    /// are freed as it goes instead of being kept, with their graph, until it ends. For the
+    /// passes of FGM, PGD and the rest whose gradients nobody differentiates.
+    pub(crate) fn clean_pass<F>(&self, loss_fn: &F) -> Result<CleanPass>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        Ok(CleanPass::from(
+            self.gradient_with(loss_fn, Gradients::EveryFirstOrder)?,
+        ))
+    }
+
+    /// [`Target::clean_pass`] at `point + mask * delta`.
+    pub(crate) fn clean_pass_at<F>(&self, loss_fn: &F, delta: &Tensor) -> Result<CleanPass>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
+        Ok(CleanPass::from(self.gradient_at(
+            loss_fn,
+            delta,
+            Gradients::EveryFirstOrder,
+        )?))
     }
 
     /// One forward and one backward pass for the loss and dLoss/dPoint only: the fused ops
@@ -463,9 +490,18 @@ impl Target {
     where
         F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
     {
+        self.gradient_with(loss_fn, Gradients::PointOnly)
+    }
+
+    /// The pass at the point for [`Target::loss_and_gradient`], [`Target::clean_pass`] and
+    /// [`Target::point_gradient`].
+    fn gradient_with<F>(&self, loss_fn: &F, wanted: Gradients) -> Result<PointGradient>
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
+    {
         let (point, probe) = self.probe_point()?;
         let keep = self.probe_is_weight();
-        self.gradient_through(loss_fn, &point, probe, keep, Gradients::PointOnly)
+        self.gradient_through(loss_fn, &point, probe, keep, wanted)
     }
 
     /// Every variable's gradient of `objective`, an objective built from `point_gradient`'s loss and
@@ -562,6 +598,7 @@ impl Target {
         let mut grads = match wanted {
             Gradients::Every => loss.backward()?,
             Gradients::PointOnly => crate::fused::backward_for(&loss, &[&probe])?,
+            Gradients::EveryFirstOrder => crate::fused::backward_first_order(&loss)?,
         };
         let gradient = if keep_probe {
             grads.get(&probe).cloned()
