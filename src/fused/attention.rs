@@ -58,6 +58,11 @@ struct Sizes {
     head: usize,
 }
 
+/// The multiply-adds of one op below which its pairs stay on the calling thread: at 2^18 (a
+/// quarter of a millisecond on one core) a task's cost is small beside the work. A first choice,
+/// like [`super::kernel::GRAIN`], not a tuned one.
+const PARALLEL_MULTIPLY_ADDS: usize = 1 << 18;
+
 /// A raw pointer that may cross to the pool's threads: each task writes its own block.
 #[derive(Clone, Copy)]
 struct Out<T>(*mut T);
@@ -179,7 +184,8 @@ impl HeadProduct {
         };
         // A pair's product is small (tokens x tokens x head): the pairs, not the products, go to
         // the pool, once there is enough work for a second thread.
-        if pairs > 1 && rayon::current_num_threads() > 1 && pairs * n * m * head >= 1 << 18 {
+        let work = pairs * n * m * head;
+        if pairs > 1 && rayon::current_num_threads() > 1 && work >= PARALLEL_MULTIPLY_ADDS {
             (0..pairs).into_par_iter().for_each(one_pair);
         } else {
             (0..pairs).for_each(one_pair);
