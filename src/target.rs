@@ -78,16 +78,14 @@ enum Gradients {
 /// Where each token of a batch sits among the rows of a [`Target::embedding_rows`] target.
 #[derive(Clone, Debug)]
 pub struct RowLookup {
-    /// For each token (flattened), its row in the target's point.
+    /// For each token, its row in the target's point (the ids' shape).
     positions: Tensor,
-    /// The ids' shape.
-    shape: Vec<usize>,
 }
 
 impl RowLookup {
     /// The embedding output `(ids..., d)` from the (perturbed) rows `(rows, d)`.
     pub fn embed(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
-        crate::fused::embedding(rows, &self.positions.reshape(self.shape.as_slice())?)
+        crate::fused::embedding(rows, &self.positions)
     }
 }
 
@@ -240,13 +238,7 @@ impl Target {
             expected: "(vocab, d)".into(),
             got: matrix.dims().to_vec(),
         })?;
-        if !matches!(ids.dtype(), DType::U32 | DType::U8 | DType::I64) {
-            return Err(Error::InvalidArgument {
-                name: "ids",
-                reason: format!("dtype {:?}", ids.dtype()),
-                fix: "pass token ids as u32, u8 or i64".into(),
-            });
-        }
+        crate::fused::check_ids(ids)?;
         if ids.elem_count() == 0 {
             return Err(Error::EmptyBatch {
                 name: "ids",
@@ -273,8 +265,7 @@ impl Target {
         let unique = Tensor::from_vec(unique, rows, device)?;
         let point = matrix.as_tensor().index_select(&unique, 0)?;
         let lookup = RowLookup {
-            positions: Tensor::from_vec(positions, flat.len(), device)?,
-            shape: ids.dims().to_vec(),
+            positions: Tensor::from_vec(positions, ids.shape(), device)?,
         };
         let target = Self {
             point,
@@ -534,8 +525,8 @@ impl Target {
         self.gradient_at(loss_fn, delta, Gradients::Every)
     }
 
-    /// The pass at `point + mask * delta` for [`Target::loss_and_gradient_at`] and
-    /// [`Target::point_gradient_at`].
+    /// The pass at `point + mask * delta` for [`Target::loss_and_gradient_at`],
+    /// [`Target::clean_pass_at`] and [`Target::point_gradient_at`].
     fn gradient_at<F>(
         &self,
         loss_fn: &F,

@@ -21,10 +21,9 @@
 //! it is wanted ([`super::wanted`]). Composite form: [`crate::ops::attention`]. Book: "Fused
 //! operations and speed".
 
-use super::kernel::{Data, Real, check_input, data};
+use super::kernel::{Data, Real, check_input, data, invalid};
 use super::product::strided_product;
 use super::wanted::{needs_gradient, returned};
-use crate::Error;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -65,12 +64,12 @@ const PARALLEL_MULTIPLY_ADDS: usize = 1 << 18;
 
 /// A raw pointer that may cross to the pool's threads: each task writes its own block.
 #[derive(Clone, Copy)]
-struct Out<T>(*mut T);
+struct DisjointWrites<T>(*mut T);
 // SAFETY: the tasks write disjoint blocks of one allocation that outlives them (see `compute`).
-unsafe impl<T> Send for Out<T> {}
-unsafe impl<T> Sync for Out<T> {}
+unsafe impl<T: Send> Send for DisjointWrites<T> {}
+unsafe impl<T: Send> Sync for DisjointWrites<T> {}
 
-impl<T> Out<T> {
+impl<T> DisjointWrites<T> {
     /// The element `offset` places on (a method, so closures capture the wrapper, not the pointer).
     ///
     /// # Safety
@@ -115,7 +114,9 @@ impl HeadProduct {
             }
             _ => return Err(wrong()),
         };
-        if heads == 0 || sizes.width % heads != 0 {
+        // Every size positive: the pointer offsets in `compute` stay inside the operands.
+        let empty = [sizes.batch, sizes.n, sizes.m, sizes.width].contains(&0);
+        if heads == 0 || sizes.width % heads != 0 || empty {
             return Err(wrong());
         }
         Ok((sizes, Shape::from(shape)))
@@ -124,29 +125,34 @@ impl HeadProduct {
     /// The output's elements. Per (sequence, head) pair one product on strided views: a head of a
     /// `(tokens, width)` sequence is `(tokens, head)` with rows `width` apart; a head's scores are
     /// a contiguous `(n, m)` block.
-    fn compute<T: Real>(&self, first: &[T], second: &[T], z: Sizes) -> Vec<T> {
+    fn compute<T: Real>(&self, first: &[T], second: &[T], sizes: Sizes) -> Vec<T> {
         let Sizes {
-            n, m, width, head, ..
-        } = z;
-        let pairs = z.batch * z.heads;
+            batch,
+            heads,
+            n,
+            m,
+            width,
+            head,
+        } = sizes;
+        let pairs = batch * heads;
         let len = match self.kind {
             Kind::Scores => pairs * n * m,
-            Kind::Context => z.batch * n * width,
-            Kind::ContextT => z.batch * m * width,
+            Kind::Context => batch * n * width,
+            Kind::ContextT => batch * m * width,
         };
         let scale = T::constant(self.scale);
         let mut out = Vec::<T>::with_capacity(len);
-        let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast::<T>());
+        let dst = DisjointWrites(out.spare_capacity_mut().as_mut_ptr().cast::<T>());
         let w = width as isize;
         let one_pair = |pair: usize| {
-            let (b, h) = (pair / z.heads, pair % z.heads);
+            let (b, h) = (pair / heads, pair % heads);
             // Offsets of this pair's scores block and of its head in an (n, width) and an
             // (m, width) sequence.
             let scores = pair * n * m;
             let in_n = b * n * width + h * head;
             let in_m = b * m * width + h * head;
-            // SAFETY: `plan` checked the operands' shapes, and `data` gave slices of exactly those
-            // sizes, so every offset below addresses elements inside them; each pair writes its
+            // SAFETY: `plan` checked the operands' shapes (every size positive), and `data` gave
+            // slices of exactly those sizes, so every offset below addresses elements inside them; each pair writes its
             // own block of `out` (a scores block, or its head's columns of a sequence), every
             // element of it, and all blocks together cover the `len` elements.
             unsafe {
@@ -263,10 +269,6 @@ impl CustomOp2 for HeadProduct {
     }
 }
 
-fn argument_error(name: &'static str, reason: String, fix: String) -> candle_core::Error {
-    Error::InvalidArgument { name, reason, fix }.into()
-}
-
 /// Multi-head attention: queries `q` `(batch, n, width)`, keys and values `k`, `v`
 /// `(batch, m, width)`, `heads` heads of `width / heads` columns each, and an optional additive
 /// `key_bias` broadcast to the scores `(batch, heads, n, m)` (a large negative number at padded
@@ -285,39 +287,76 @@ pub fn attention(
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         check_input(name, t)?;
         if t.rank() != 3 {
-            return Err(argument_error(
+            return Err(invalid(
                 name,
                 format!("shape {:?}", t.dims()),
                 "pass (batch, tokens, width)".into(),
-            ));
+            )
+            .into());
         }
-        if t.dtype() != q.dtype() {
-            return Err(argument_error(
+        if t.dtype() != q.dtype() || !t.device().same_device(q.device()) {
+            return Err(invalid(
                 name,
-                format!("dtype {:?} for q of dtype {:?}", t.dtype(), q.dtype()),
-                "convert q, k and v to one dtype with to_dtype".into(),
-            ));
+                format!(
+                    "{:?} on {:?} for q {:?} on {:?}",
+                    t.dtype(),
+                    t.device(),
+                    q.dtype(),
+                    q.device()
+                ),
+                "put q, k and v on one device with one dtype (to_dtype, to_device)".into(),
+            )
+            .into());
         }
     }
-    let (b, _, width) = q.dims3()?;
-    if k.dims() != v.dims() || k.dim(0)? != b || k.dim(2)? != width {
-        return Err(argument_error(
-            "k",
-            format!(
-                "keys {:?} and values {:?} for queries {:?}",
-                k.dims(),
-                v.dims(),
-                q.dims()
-            ),
-            format!("pass keys and values of one shape (batch {b}, tokens, width {width})"),
-        ));
+    let (b, n, width) = q.dims3()?;
+    let m = k.dim(1)?;
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dims() != [b, m, width] {
+            return Err(invalid(
+                name,
+                format!(
+                    "shape {:?} for queries {:?} and keys {:?}",
+                    t.dims(),
+                    q.dims(),
+                    k.dims()
+                ),
+                format!("pass keys and values of one shape (batch {b}, tokens, width {width})"),
+            )
+            .into());
+        }
     }
     if heads == 0 || width % heads != 0 {
-        return Err(argument_error(
+        return Err(invalid(
             "heads",
             format!("{heads} heads for a width of {width}"),
             "pass a number of heads that divides the width".into(),
-        ));
+        )
+        .into());
+    }
+    if let Some(bias) = key_bias {
+        let fits = bias.rank() == 4
+            && bias
+                .dims()
+                .iter()
+                .zip([b, heads, n, m])
+                .all(|(&d, want)| d == 1 || d == want);
+        if !fits || bias.dtype() != q.dtype() || !bias.device().same_device(q.device()) {
+            return Err(invalid(
+                "key_bias",
+                format!(
+                    "{:?} {:?} on {:?}",
+                    bias.dims(),
+                    bias.dtype(),
+                    bias.device()
+                ),
+                format!(
+                    "pass a bias that broadcasts to the scores ({b}, {heads}, {n}, {m}), such as \
+                     ({b}, 1, 1, {m}), with q's dtype and device"
+                ),
+            )
+            .into());
+        }
     }
     if !q.device().is_cpu() {
         return crate::ops::attention(q, k, v, key_bias, heads);
@@ -332,5 +371,7 @@ pub fn attention(
         Some(bias) => scores.broadcast_add(bias)?,
         None => scores,
     };
-    super::softmax_last_dim(&scores)?.apply_op2(&v.contiguous()?, op(Kind::Context, 1.0))
+    super::softmax_last_dim(&scores)?
+        .contiguous()?
+        .apply_op2(&v.contiguous()?, op(Kind::Context, 1.0))
 }

@@ -43,7 +43,7 @@ impl Rows {
         candle_core::Error::Msg(format!("{}: {reason}", self.name()))
     }
 
-    /// The ids as indices, each checked below `limit`.
+    /// The ids as indices, each checked below `limit` (an error naming `ids` otherwise).
     fn indices(&self, s: &CpuStorage, l: &Layout, limit: usize) -> candle_core::Result<Vec<usize>> {
         let Some((start, end)) = l.contiguous_offsets() else {
             return Err(self.error("the ids must be contiguous".into()));
@@ -56,12 +56,23 @@ impl Rows {
                 .map(|&i| usize::try_from(i).unwrap_or(usize::MAX))
                 .collect(),
             other => {
-                return Err(self.error(format!("ids: dtype {:?}", other.dtype())));
+                return Err(self.error(format!("ids of dtype {:?}", other.dtype())));
             }
         };
+        let bad = |reason: String| -> candle_core::Error {
+            Error::InvalidArgument {
+                name: "ids",
+                reason,
+                fix: format!(
+                    "pass ids from 0 to {} (the matrix's rows)",
+                    limit.max(1) - 1
+                ),
+            }
+            .into()
+        };
         match ids.iter().find(|&&i| i >= limit) {
-            Some(&bad) if bad == usize::MAX => Err(self.error("ids: a negative id".into())),
-            Some(bad) => Err(self.error(format!("ids: id {bad} for a matrix of {limit} rows"))),
+            Some(&usize::MAX) => Err(bad("a negative id".into())),
+            Some(id) => Err(bad(format!("id {id} for a matrix of {limit} rows"))),
             None => Ok(ids),
         }
     }
@@ -139,46 +150,41 @@ impl CustomOp2 for Rows {
     }
 }
 
+/// Checks that `ids` holds token ids: u32, i64 or u8.
+pub(crate) fn check_ids(ids: &Tensor) -> crate::Result<()> {
+    if matches!(ids.dtype(), DType::U8 | DType::U32 | DType::I64) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        name: "ids",
+        reason: format!("dtype {:?}", ids.dtype()),
+        fix: "pass token ids as u32, i64 or u8".into(),
+    })
+}
+
 /// The rows of `matrix` `(vocabulary, width)` at `ids` (u32, i64 or u8, any shape): a tensor of shape
 /// `ids`' shape followed by `width`, as `candle_nn::Embedding::forward` gives. Equal to
 /// `matrix.index_select(ids.flatten_all(), 0)` reshaped; its backward builds the matrix's gradient
-/// in one buffer, and not at all in a pass that does not want it (see the module doc). CPU; on
-/// another device, candle's `index_select`.
+/// in one buffer, and not at all in a pass that does not want it (see the module doc). f32 and f64
+/// on the CPU; another dtype or device takes candle's `index_select`.
 pub fn embedding(matrix: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
-    check_input("matrix", matrix)?;
-    let (vocabulary, width) = matrix.dims2().map_err(|_| {
+    check_ids(ids)?;
+    let (_, width) = matrix.dims2().map_err(|_| {
         candle_core::Error::from(Error::InvalidArgument {
             name: "matrix",
             reason: format!("shape {:?}", matrix.dims()),
             fix: "pass the embedding matrix as (vocabulary, width)".into(),
         })
     })?;
-    if !matches!(ids.dtype(), DType::U8 | DType::U32 | DType::I64) {
-        return Err(Error::InvalidArgument {
-            name: "ids",
-            reason: format!("dtype {:?}", ids.dtype()),
-            fix: "pass token ids as u32, i64 or u8".into(),
-        }
-        .into());
-    }
     let mut shape = ids.dims().to_vec();
     shape.push(width);
     let flat = ids.flatten_all()?;
-    let rows = if matrix.device().is_cpu() {
+    let fused = matrix.device().is_cpu() && matches!(matrix.dtype(), DType::F32 | DType::F64);
+    let rows = if fused {
+        check_input("matrix", matrix)?;
         matrix
             .contiguous()?
-            .apply_op2(&flat.contiguous()?, Rows::Lookup)
-            .map_err(|e| match e {
-                candle_core::Error::Msg(reason) if reason.contains(": ids: ") => {
-                    Error::InvalidArgument {
-                        name: "ids",
-                        reason,
-                        fix: format!("pass ids below the vocabulary of {vocabulary}"),
-                    }
-                    .into()
-                }
-                other => other,
-            })?
+            .apply_op2(&flat.contiguous()?, Rows::Lookup)?
     } else {
         matrix.index_select(&flat, 0)?
     };

@@ -375,6 +375,11 @@ pub(crate) fn last_dim(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1)
 }
 
+/// The error of a bad argument `name` of a fused op: what is wrong, and how to mend it.
+pub(crate) fn invalid(name: &'static str, reason: String, fix: String) -> crate::Error {
+    crate::Error::InvalidArgument { name, reason, fix }
+}
+
 /// Checks a public function's input: CPU-side dtype f32 or f64 and at least one dimension.
 pub(crate) fn check_input(name: &'static str, x: &Tensor) -> crate::Result<()> {
     if !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {

@@ -17,10 +17,9 @@
 //! products run on [`super::product`]: candle's CPU product without its zero fill. Book: "Fused
 //! operations and speed".
 
-use super::kernel::check_input;
+use super::kernel::{check_input, invalid};
 use super::product::product;
 use super::wanted::{needs_gradient, returned};
-use crate::Error;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 /// The three products. `Linear` takes an optional third argument, the bias.
@@ -215,10 +214,6 @@ pub(crate) fn sum_columns(m: &Tensor) -> candle_core::Result<Tensor> {
         .reshape(rows)
 }
 
-fn shape_error(name: &'static str, reason: String, fix: String) -> Error {
-    Error::InvalidArgument { name, reason, fix }
-}
-
 /// `x W^T + b` over the last dimension of `x` (`(..., in)`), with `weight` `(out, in)` and `bias`
 /// `(out,)` as in `candle_nn::Linear`. Equal to `candle_nn::Linear::forward`; its backward computes
 /// the products it needs only (see the module doc) and is differentiable to any order. CPU; on
@@ -226,7 +221,7 @@ fn shape_error(name: &'static str, reason: String, fix: String) -> Error {
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     check_input("x", x)?;
     let (out, inputs) = weight.dims2().map_err(|_| {
-        shape_error(
+        invalid(
             "weight",
             format!("shape {:?}", weight.dims()),
             "pass the weight as (out_features, in_features)".into(),
@@ -235,7 +230,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     let dims = x.dims();
     let last = dims[dims.len() - 1];
     if last != inputs {
-        return Err(shape_error(
+        return Err(invalid(
             "x",
             format!("last dimension {last} for a weight {:?}", weight.dims()),
             format!("pass inputs with {inputs} features in the last dimension"),
@@ -245,7 +240,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     if let Some(b) = bias
         && b.dims() != [out]
     {
-        return Err(shape_error(
+        return Err(invalid(
             "bias",
             format!("shape {:?} for a weight {:?}", b.dims(), weight.dims()),
             format!("pass a bias of shape ({out},)"),
@@ -256,7 +251,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
         if let Some(t) = t
             && t.dtype() != x.dtype()
         {
-            return Err(shape_error(
+            return Err(invalid(
                 name,
                 format!("dtype {:?} for x of dtype {:?}", t.dtype(), x.dtype()),
                 "convert both to the same dtype with to_dtype".into(),

@@ -40,6 +40,7 @@ mod wanted;
 
 pub use attention::attention;
 pub use conv::conv2d;
+pub(crate) use embedding::check_ids;
 pub use embedding::embedding;
 pub(crate) use gelu::{CUBIC, Derivative, SQRT_2_OVER_PI, gelu_erf_scaled, gelu_tanh_scaled};
 pub use gelu::{gelu_erf, gelu_tanh};

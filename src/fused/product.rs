@@ -6,7 +6,8 @@
 //! side-by-side bench) it took 5.8% of the step, more than the zero fills of candle's backprop.
 //! [`product`] makes the same `gemm` call, with the same strides and the same thread count, into
 //! memory that is not filled first, so its values are candle's bit for bit (a test compares them).
-//! `fused::linear`'s three products and `fused::conv2d`'s run on it.
+//! `fused::linear`'s three products and `fused::conv2d`'s run on it; `fused::attention`'s per-head
+//! products call [`strided_product`], the same `gemm` call on raw strided blocks.
 //! Book: "Fused operations and speed", section "A new machine".
 
 use super::kernel::Real;

@@ -6,7 +6,8 @@
 //! but the last need only the gradient at the target's point: the weights' gradients of the inner
 //! passes (one matrix product per linear or convolution layer and pass, and the layer norms' column
 //! sums) are thrown away. [`backward_for`] runs a backward pass in which the crate's fused ops
-//! ([`super::linear`], [`super::conv2d`], the layer norm's scale and shift) leave out the gradients
+//! ([`super::linear`], [`super::conv2d`], [`super::attention`], [`super::embedding`], the layer
+//! norm's scale and shift) leave out the gradients
 //! of variables not named; [`backward_except`] one in which they leave out the variables named.
 //! candle's own ops still compute everything, so the result is the same either way; only the time
 //! differs. Only variables (leaves) can be left out: candle requires a gradient for every other node

@@ -1074,6 +1074,24 @@ fn attention_equals_the_composite_form_for_each_argument() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("(batch, tokens, width)"), "{message}");
+    let message = fused::attention(&q, &k, &short, None, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("`v`"), "{message}");
+    let wrong_bias = rng
+        .normal((b, 1, 1, m + 1), DType::F64, &Device::Cpu)
+        .unwrap();
+    let message = fused::attention(&q, &k, &v, Some(&wrong_bias), 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("key_bias") && message.contains("broadcasts"),
+        "{message}"
+    );
+    let message = fused::attention(&q, &k, &v, Some(&bias.to_dtype(DType::F32).unwrap()), 4)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("key_bias"), "{message}");
 }
 
 /// The embedding lookup equals candle's `index_select` in value and gradient (ids repeated, so rows
@@ -1088,6 +1106,12 @@ fn embedding_equals_index_select_and_skips_unwanted_gradients() {
     let fused_value = lookup(&matrix).unwrap();
     assert_eq!(fused_value.dims(), [2, 3, 5]);
     assert_eq!(values(&fused_value), values(&candle(&matrix).unwrap()));
+    // Half precision takes candle's index_select (the fused ops are f32 and f64).
+    let half = matrix.to_dtype(DType::F16).unwrap();
+    assert_eq!(
+        values(&lookup(&half).unwrap()),
+        values(&candle(&half).unwrap())
+    );
     let (ours, theirs) = (
         gradient(&|m| scalar(&lookup(m)?), &matrix),
         gradient(&|m| scalar(&candle(m)?), &matrix),
