@@ -207,15 +207,31 @@ macro_rules! dispatch2 {
 
 pub(crate) use {dispatch1, dispatch2};
 
-/// Runs `body` compiled for AVX2 and FMA where the CPU has them, so that the loop it inlines
-/// vectorises; as plain code elsewhere.
+/// Runs `body` compiled for AVX-512 where the CPU has it, else for AVX2 and FMA where it has those,
+/// so that the loop it inlines vectorises; as plain code elsewhere.
 #[inline(always)]
 fn vectorised<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { with_avx2(body) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { with_avx512(body) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { with_avx2(body) };
+        }
     }
+    body()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn with_avx512<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
@@ -238,7 +254,7 @@ pub(crate) fn parallel(len: usize) -> bool {
 
 /// Fills a new vector of `len` elements chunk by chunk: `fill(start, out)` writes the elements
 /// `start..start + out.len()`. The chunks run in parallel for a large `len`, each one compiled for
-/// AVX2 and FMA (a loop over a `collect` would not be: the iterator's fold is not inlined into
+/// AVX-512 or AVX2 and FMA (a loop over a `collect` would not be: the iterator's fold is not inlined into
 /// [`vectorised`], and ran scalar), into memory that is not zero-filled first.
 ///
 /// # Safety
@@ -312,7 +328,7 @@ fn rows_per_task(n: usize) -> usize {
 
 /// Fills a new, zero-filled vector of `len` elements in whole rows of `n`: `fill(start, out)` writes
 /// the elements `start..start + out.len()`, a whole number of rows. The tasks run in parallel for a
-/// large `len`, each compiled for AVX2 and FMA like [`filled`].
+/// large `len`, each compiled for the CPU's vector extensions like [`filled`].
 fn filled_rows<T: Real>(len: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); len];
     if parallel(len) {
