@@ -133,15 +133,7 @@ pub fn attention(
     heads: usize,
 ) -> OpResult<Tensor> {
     let (b, n, width) = q.dims3()?;
-    if heads == 0 || width % heads != 0 {
-        return Err(crate::Error::InvalidArgument {
-            name: "heads",
-            reason: format!("{heads} heads for a width of {width}"),
-            fix: "pass a number of heads that divides the width".into(),
-        }
-        .into());
-    }
-    let head = width / heads;
+    let head = head_width(width, heads)?;
     let split = |x: &Tensor| -> OpResult<Tensor> {
         let tokens = x.dim(1)?;
         x.reshape((b, tokens, heads, head))?
@@ -157,4 +149,17 @@ pub fn attention(
         .matmul(&split(v)?)?
         .transpose(1, 2)?
         .reshape((b, n, width))
+}
+
+/// The width of one of `heads` heads of a `width`-wide attention, or an error naming `heads` unless
+/// they divide the width. Shared by [`attention`] and [`crate::fused::attention`].
+pub(crate) fn head_width(width: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || !width.is_multiple_of(heads) {
+        return Err(crate::Error::InvalidArgument {
+            name: "heads",
+            reason: format!("{heads} heads for a width of {width}"),
+            fix: "pass a number of heads that divides the width".into(),
+        });
+    }
+    Ok(width / heads)
 }

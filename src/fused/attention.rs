@@ -326,14 +326,7 @@ pub fn attention(
             .into());
         }
     }
-    if heads == 0 || width % heads != 0 {
-        return Err(invalid(
-            "heads",
-            format!("{heads} heads for a width of {width}"),
-            "pass a number of heads that divides the width".into(),
-        )
-        .into());
-    }
+    let head = crate::ops::head_width(width, heads)?;
     if let Some(bias) = key_bias {
         let fits = bias.rank() == 4
             && bias
@@ -361,7 +354,6 @@ pub fn attention(
     if !q.device().is_cpu() {
         return crate::ops::attention(q, k, v, key_bias, heads);
     }
-    let head = width / heads;
     let op = |kind, scale| HeadProduct { kind, heads, scale };
     let scores = q.contiguous()?.apply_op2(
         &k.contiguous()?,
