@@ -22,7 +22,7 @@
 //! operations and speed".
 
 use super::kernel::{Data, Real, check_input, data, invalid};
-use super::product::strided_product;
+use super::product::{DisjointWrites, PARALLEL_MULTIPLY_ADDS, strided_product};
 use super::wanted::{needs_gradient, returned};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -55,29 +55,6 @@ struct Sizes {
     m: usize,
     width: usize,
     head: usize,
-}
-
-/// The multiply-adds of one op below which its pairs stay on the calling thread: at 2^18 (a
-/// quarter of a millisecond on one core) a task's cost is small beside the work. A first choice,
-/// like [`super::kernel::GRAIN`], not a tuned one.
-const PARALLEL_MULTIPLY_ADDS: usize = 1 << 18;
-
-/// A raw pointer that may cross to the pool's threads: each task writes its own block.
-#[derive(Clone, Copy)]
-struct DisjointWrites<T>(*mut T);
-// SAFETY: the tasks write disjoint blocks of one allocation that outlives them (see `compute`).
-unsafe impl<T: Send> Send for DisjointWrites<T> {}
-unsafe impl<T: Send> Sync for DisjointWrites<T> {}
-
-impl<T> DisjointWrites<T> {
-    /// The element `offset` places on (a method, so closures capture the wrapper, not the pointer).
-    ///
-    /// # Safety
-    /// `offset` must lie inside the allocation.
-    unsafe fn at(self, offset: usize) -> *mut T {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 impl HeadProduct {

@@ -564,7 +564,7 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
     // does the serial arithmetic on its part, so values and gradients must be identical, in f64 and
     // in f32 (whose erf and exp are the vectorised polynomial forms).
     type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
-    let ops: [(&str, Unary); 6] = [
+    let ops: [(&str, Unary); 9] = [
         ("gelu_erf", fused::gelu_erf),
         ("gelu_tanh", fused::gelu_tanh),
         ("layer_norm", |x| fused::layer_norm(x, None, None, 1e-5)),
@@ -575,6 +575,23 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
         ("attention", |x| {
             let x = x.reshape((3, 100, 257))?;
             fused::attention(&x, &x.affine(0.5, 0.0)?, &x, None, 1)?.reshape((300, 257))
+        }),
+        // The matrix products, split by rows or columns over the pool: `x W^T` and `u W` ...
+        ("linear", |x| {
+            let w = points((257, 257), x.dtype()).affine(0.3, -0.1)?;
+            fused::linear(x, &w, None)
+        }),
+        // ... and the weight's gradient `u^T x`, with `x` as the weight: `(a x^T)^T a`.
+        ("linear, weight", |x| {
+            let a = points((180, 257), x.dtype()).affine(0.1, 0.2)?;
+            let ax = fused::linear(&a, x, None)?;
+            fused::linear(&ax.t()?.contiguous()?, &a.t()?.contiguous()?, None)
+        }),
+        ("conv2d", |x| {
+            let k = points((36, 9), x.dtype())
+                .reshape((6, 6, 3, 3))?
+                .affine(0.2, 0.0)?;
+            fused::conv2d(&x.reshape((1, 6, 50, 257))?, &k, None, 1, 1)?.reshape((300, 257))
         }),
     ];
     for dtype in [DType::F64, DType::F32] {
@@ -596,15 +613,19 @@ fn large_tensors_split_over_the_cores_give_the_one_thread_results_bit_for_bit() 
             })
         };
         for (name, op) in ops {
-            let (one, two) = (in_pool(1, op), in_pool(2, op));
-            assert!(
-                one.0 == two.0,
-                "{name} ({dtype:?}): values differ between 1 and 2 threads"
-            );
-            assert!(
-                one.1 == two.1,
-                "{name} ({dtype:?}): gradients differ between 1 and 2 threads"
-            );
+            let one = in_pool(1, op);
+            // Three threads cut the products into uneven blocks.
+            for threads in [2, 3] {
+                let many = in_pool(threads, op);
+                assert!(
+                    one.0 == many.0,
+                    "{name} ({dtype:?}): values differ between 1 and {threads} threads"
+                );
+                assert!(
+                    one.1 == many.1,
+                    "{name} ({dtype:?}): gradients differ between 1 and {threads} threads"
+                );
+            }
         }
     }
 }
