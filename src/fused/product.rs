@@ -14,10 +14,10 @@
 //! packs its own operands and no thread waits for another inside the product. On two cores the
 //! MLP's `256 x 512 x 512` products took 0.88 (`x W`), 1.10 (`x W^T`) and 1.13 ms (`a^T b`) split
 //! this way against 1.00, 1.36 and 1.32 ms with `gemm`'s threads, and the MLP's and CNN's steps
-//! 0.88-0.93x their time (`data/results/bench/product-split-ab.txt`).
-//! `gemm` blocks the inner dimension by cache sizes alone, so each element sums its terms in the
-//! same order in a block as in the whole product: the values are the same bit for bit at any
-//! thread count (a test compares them). `fused::linear`'s three products and `fused::conv2d`'s run
+//! 0.88-0.95x their time (`data/results/bench/product-split-ab.txt`).
+//! A product is only cut where every block goes to the `gemm` kernel the whole would, with the
+//! same blocking of the inner dimension ([`same_kernel`]), so each element sums its terms in the
+//! same order: the values are candle's bit for bit at any thread count (tests compare them). `fused::linear`'s three products and `fused::conv2d`'s run
 //! on it; `fused::attention`'s per-head products call [`strided_product`] directly, one
 //! single-threaded call per (sequence, head) pair, the pairs split over the pool.
 //! Book: "Fused operations and speed", sections "A new machine" and "More than one core".
@@ -32,7 +32,7 @@ use rayon::prelude::*;
 /// A first choice, like [`super::kernel::GRAIN`], not a tuned one.
 pub(crate) const PARALLEL_MULTIPLY_ADDS: usize = 1 << 18;
 
-/// Rows or columns of a block a task gets at least, and the multiple its share is rounded to.
+/// The unit, in rows or columns, in which blocks are shared out: a task gets at least one.
 const SPLIT_ALIGN: usize = 16;
 
 /// A raw pointer that may cross to the pool's threads: each task writes its own block.
@@ -61,7 +61,7 @@ unsafe impl<T: Sync> Send for SharedReads<T> {}
 unsafe impl<T: Sync> Sync for SharedReads<T> {}
 
 impl<T> SharedReads<T> {
-    /// The element `offset` elements on (may be negative with negative strides).
+    /// The element `offset` elements on.
     ///
     /// # Safety
     /// `offset` must lie inside the allocation.
@@ -71,12 +71,14 @@ impl<T> SharedReads<T> {
     }
 }
 
-/// Which dimension of the output the threads share out, from the operands' layouts: measured on
-/// two cores (`data/results/bench/product-split-ab.txt`), a transposed first operand (`a^T b`,
-/// weight gradients) splits best by rows, a transposed second one (`x W^T`) by columns unless the
-/// rows are twice as many, and two row-major operands by the longer side.
-fn split_rows((m, n): (usize, usize), a_rs: isize, b_cs: isize) -> bool {
-    let a_transposed = a_rs == 1 && m > 1;
+/// Which dimension of the output the threads should share out first, from the operands' layouts:
+/// measured on two cores (`data/results/bench/product-split-ab.txt`), a transposed first operand
+/// (`a^T b`, weight gradients) splits best by rows, a transposed second one (`x W^T`) by columns
+/// unless the rows are twice as many, and two row-major operands by the longer side. On the 24
+/// shapes and layouts measured this picked the faster split 20 times, and was within 9% of it
+/// the other four.
+fn prefer_rows((m, n, k): (usize, usize, usize), a_cs: isize, b_cs: isize) -> bool {
+    let a_transposed = a_cs != 1 && k > 1;
     let b_transposed = b_cs != 1 && n > 1;
     match (a_transposed, b_transposed) {
         (true, _) => true,
@@ -85,15 +87,57 @@ fn split_rows((m, n): (usize, usize), a_rs: isize, b_cs: isize) -> bool {
     }
 }
 
-/// The blocks `(start, len)` of a dimension of `extent` for `threads` tasks, each a multiple of
-/// [`SPLIT_ALIGN`] but the last; one block when the dimension is too short to share.
-fn blocks(extent: usize, threads: usize) -> Vec<(usize, usize)> {
-    let tasks = threads.min(extent / SPLIT_ALIGN).max(1);
-    let share = extent.div_ceil(tasks).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
-    (0..extent)
-        .step_by(share.max(1))
-        .map(|start| (start, share.min(extent - start)))
+/// The blocks `(start, len)` of a dimension of `extent` for up to `tasks` tasks: whole units of
+/// [`SPLIT_ALIGN`] shared out evenly, the remainder to the last block; one block when the
+/// dimension is shorter than two units.
+fn blocks(extent: usize, tasks: usize) -> Vec<(usize, usize)> {
+    let units = extent / SPLIT_ALIGN;
+    let tasks = tasks.min(units).max(1);
+    let bound = |i: usize| match i == tasks {
+        true => extent,
+        false => units * i / tasks * SPLIT_ALIGN,
+    };
+    (0..tasks)
+        .map(|i| (bound(i), bound(i + 1) - bound(i)))
         .collect()
+}
+
+/// Whether `gemm` computes an `(mb, nb)` block of an `(m, n)` product with inner size `k` the way
+/// it computes the whole, so each element sums its terms in the same order. `gemm` 0.19
+/// (`gemm_common::gemm::gemm_basic_generic`) sends a block with a side of 1 to its vector-product
+/// kernels, one of at most 256 elements to its horizontal kernel (inner blocks of 1024), and one
+/// with both sides at most 64 to its small path, whose inner blocks are `min(k, 512)` elements
+/// where the general path's are `k / ceil(k / K)` for a `K` of at least 512 from the cache sizes.
+/// For `k <= 512` both paths sum the `k` terms in one block.
+fn same_kernel((mb, nb): (usize, usize), (m, n, k): (usize, usize, usize)) -> bool {
+    let small = |rows: usize, cols: usize| rows <= 64 && cols <= 64;
+    mb >= 2 && nb >= 2 && mb * nb > 256 && (k <= 512 || small(mb, nb) == small(m, n))
+}
+
+/// How [`product_of`] shares an `(m, n)` output over `threads`: by rows (`true`) or by columns,
+/// and the blocks. The preferred side first, the other if the preferred one cannot be shared
+/// without changing `gemm`'s kernel ([`same_kernel`]); one block for small products and one thread.
+fn plan(
+    (m, n, k): (usize, usize, usize),
+    (a_cs, b_cs): (isize, isize),
+    threads: usize,
+) -> (bool, Vec<(usize, usize)>) {
+    let rows = prefer_rows((m, n, k), a_cs, b_cs);
+    let work = m.saturating_mul(n).saturating_mul(k);
+    if threads > 1 && work >= PARALLEL_MULTIPLY_ADDS {
+        for by_rows in [rows, !rows] {
+            let parts = blocks(if by_rows { m } else { n }, threads);
+            let block = |len: usize| if by_rows { (len, n) } else { (m, len) };
+            if parts.len() > 1
+                && parts
+                    .iter()
+                    .all(|&(_, len)| same_kernel(block(len), (m, n, k)))
+            {
+                return (by_rows, parts);
+            }
+        }
+    }
+    (rows, vec![(0, if rows { m } else { n })])
 }
 
 /// `(m, k) x (k, n) -> (m, n)` of two CPU storages under their layouts (any strides), as candle's
@@ -164,12 +208,7 @@ pub(crate) fn product_of<T: Real>(
         &a[la.start_offset().min(a.len())..],
         &b[lb.start_offset().min(b.len())..],
     );
-    let threads = rayon::current_num_threads();
-    let rows = split_rows((m, n), a_rs, b_cs);
-    let parts = match threads > 1 && m * n * k >= PARALLEL_MULTIPLY_ADDS {
-        true => blocks(if rows { m } else { n }, threads),
-        false => vec![(0, if rows { m } else { n })],
-    };
+    let (rows, parts) = plan((m, n, k), (a_cs, b_cs), rayon::current_num_threads());
     let dst = DisjointWrites(out.spare_capacity_mut().as_mut_ptr().cast::<T>());
     let (a_at, b_at) = (SharedReads(a.as_ptr()), SharedReads(b.as_ptr()));
     let one_block = |&(start, extent): &(usize, usize)| {

@@ -976,18 +976,31 @@ fn backward_first_order_gives_the_same_gradients_without_their_graph() {
 
 #[test]
 fn the_linear_products_equal_candles_matmul_exactly() {
-    // fused::linear computes its three products (forward, input gradient, weight gradient) by the
-    // same gemm call as candle's matmul, into memory that is not zero-filled first
-    // (src/fused/product.rs): the values must be candle's exactly, at one thread and at several,
-    // for shapes that do and do not fill gemm's register tiles.
+    // fused::linear computes its three products (forward, input gradient, weight gradient) by
+    // gemm calls into memory that is not zero-filled first, one per block of rows or columns on
+    // several threads (src/fused/product.rs): the values must be candle's exactly (one gemm call
+    // on the whole), at one thread and at several, for shapes that do and do not fill gemm's
+    // register tiles, and for shapes whose blocks could fall to another of gemm's kernels: a side
+    // of 64 or less with an inner size above 512 (gemm's small path blocks the sum differently),
+    // a few rows (its horizontal kernel), and 33 rows (a block of one row).
     let mut rng = Rng::new(31);
-    for threads in [1, 2] {
+    for threads in [1, 2, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         for dtype in [DType::F64, DType::F32] {
-            for (m, k, n) in [(1, 1, 1), (3, 5, 7), (64, 33, 10), (257, 130, 96)] {
+            let shapes = [
+                (1, 1, 1),
+                (3, 5, 7),
+                (64, 33, 10),
+                (257, 130, 96),
+                (64, 800, 128),
+                (64, 128, 800),
+                (4, 1024, 96),
+                (33, 20, 600),
+            ];
+            for (m, k, n) in shapes {
                 let normal = |rng: &mut Rng, shape: (usize, usize)| {
                     rng.normal(shape, DType::F64, &Device::Cpu)
                         .unwrap()
