@@ -277,8 +277,9 @@ pub fn select_radius(rows: &[EpochRow], method: &str) -> Option<(f64, Vec<Tried>
     let tried: Vec<Tried> = radii
         .iter()
         .map(|&eps| {
-            let finals: Vec<&&EpochRow> = mine
+            let finals: Vec<&EpochRow> = mine
                 .iter()
+                .copied()
                 .filter(|r| r.eps == eps && r.epoch == last)
                 .collect();
             let dev: Vec<f64> = finals.iter().map(|r| r.dev_accuracy).collect();
