@@ -17,9 +17,10 @@
 //! 0.88-0.95x their time (`data/results/bench/product-split-ab.txt`).
 //! A product is only cut where every block goes to the `gemm` kernel the whole would, with the
 //! same blocking of the inner dimension ([`same_kernel`]), so each element sums its terms in the
-//! same order: the values are candle's bit for bit at any thread count (tests compare them). `fused::linear`'s three products and `fused::conv2d`'s run
-//! on it; `fused::attention`'s per-head products call [`strided_product`] directly, one
-//! single-threaded call per (sequence, head) pair, the pairs split over the pool.
+//! same order: the values are candle's bit for bit at any thread count (tests compare them).
+//! `fused::linear`'s three products and `fused::conv2d`'s run on it; `fused::attention`'s per-head
+//! products call [`strided_product`] directly, one single-threaded call per (sequence, head) pair,
+//! the pairs split over the pool.
 //! Book: "Fused operations and speed", sections "A new machine" and "More than one core".
 
 use super::kernel::Real;
