@@ -262,14 +262,11 @@ pub enum TextSource {
     },
 }
 
-/// The 99th percentile of the texts' token counts (with the special tokens), at most `limit`:
-/// the maximum sequence length for the user's texts. Printed, so a run says what it chose.
-fn length_percentile(texts: &TextDataset, tokenizer_file: &Path, limit: usize) -> Result<usize> {
-    let mut lengths: Vec<usize> = load_tokenizer(tokenizer_file, limit)?
-        .encode(&texts.texts)?
-        .iter()
-        .map(Vec::len)
-        .collect();
+/// The 99th percentile of the token counts of `encoded` (the texts' ids with the special tokens,
+/// truncated to `limit`): the maximum sequence length for the user's texts. Printed, so a run says
+/// what it chose.
+fn length_percentile(encoded: &[Vec<u32>], limit: usize) -> usize {
+    let mut lengths: Vec<usize> = encoded.iter().map(Vec::len).collect();
     lengths.sort_unstable();
     let at = (lengths.len() * 99).div_ceil(100).clamp(1, lengths.len()) - 1;
     let max_len = lengths[at].max(3);
@@ -278,7 +275,7 @@ fn length_percentile(texts: &TextDataset, tokenizer_file: &Path, limit: usize) -
          (at most {limit})",
         lengths.len()
     );
-    Ok(max_len)
+    max_len
 }
 
 /// One training run: a method at a radius with a seed.
@@ -973,9 +970,14 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     };
     // A pretrained model has its positions; from scratch, 512 as BERT.
     let limit = config.as_ref().map_or(512, BertConfig::max_tokens);
-    let max_len = match (options.max_len, bundled_len) {
-        (Some(n), _) | (None, Some(n)) => n,
-        (None, None) => length_percentile(&parts.train, &tokenizer_file, limit)?,
+    // Without a length given, it is read off the training texts' ids at the model's limit, which
+    // the training set then keeps where they are short enough (`encode_from_longer`).
+    let (max_len, train_at_limit) = match (options.max_len, bundled_len) {
+        (Some(n), _) | (None, Some(n)) => (n, None),
+        (None, None) => {
+            let ids = load_tokenizer(&tokenizer_file, limit)?.encode(&parts.train.texts)?;
+            (length_percentile(&ids, limit), Some(ids))
+        }
     };
     if max_len > limit {
         return Err(Error::InvalidArgument {
@@ -1002,7 +1004,13 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     }
     let config = config.unwrap_or_else(|| BertConfig::small(tokenizer.vocab_size(), max_len));
     Ok(Prepared::Text {
-        train: tokenized(&tokenizer, &parts.train)?,
+        train: match train_at_limit {
+            Some(ids) => (
+                tokenizer.encode_from_longer(&parts.train.texts, ids)?,
+                parts.train.labels.clone(),
+            ),
+            None => tokenized(&tokenizer, &parts.train)?,
+        },
         dev: tokenized(&tokenizer, &parts.dev)?,
         test: tokenized(&tokenizer, &parts.test)?,
         pad_id: tokenizer.pad_id(),

@@ -14,6 +14,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 /// A BERT-style tokenizer that adds `[CLS]` / `[SEP]` and truncates to `max_len` tokens.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    max_len: usize,
     pad_id: u32,
     unk_id: Option<u32>,
 }
@@ -84,6 +85,7 @@ impl TextTokenizer {
         let unk_id = inner.token_to_id("[UNK]");
         Ok(Self {
             inner,
+            max_len,
             pad_id,
             unk_id,
         })
@@ -111,6 +113,32 @@ impl TextTokenizer {
                     fix: "check the texts are valid UTF-8 sentences".into(),
                 })?;
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// The ids of `texts` at this tokenizer's `max_len`, from `encoded`: their ids under the same
+    /// tokenizer truncated to a larger length. A sequence within this `max_len` was not truncated
+    /// there and is kept as it is; only the longer ones are encoded again. So a data set whose
+    /// maximum length is read off a first encoding is not encoded twice.
+    pub fn encode_from_longer(
+        &self,
+        texts: &[String],
+        mut encoded: Vec<Vec<u32>>,
+    ) -> Result<Vec<Vec<u32>>> {
+        if encoded.len() != texts.len() {
+            return Err(Error::InvalidArgument {
+                name: "encoded",
+                reason: format!("{} sequences for {} texts", encoded.len(), texts.len()),
+                fix: "pass the encoding of these texts".into(),
+            });
+        }
+        let longer: Vec<usize> = (0..texts.len())
+            .filter(|&i| encoded[i].len() > self.max_len)
+            .collect();
+        let again: Vec<String> = longer.iter().map(|&i| texts[i].clone()).collect();
+        for (i, ids) in longer.into_iter().zip(self.encode(&again)?) {
+            encoded[i] = ids;
+        }
+        Ok(encoded)
     }
 
     /// The fraction of tokens that are `[UNK]` (0 when the vocab has no `[UNK]`).

@@ -55,6 +55,41 @@ fn long_texts_are_truncated_to_max_len() {
 }
 
 #[test]
+fn ids_at_a_larger_length_give_the_ids_at_a_smaller_one() {
+    // The runner reads the maximum length off the training texts' ids at the model's limit, then
+    // keeps those ids where they are short enough and encodes only the longer texts again: the
+    // result must be what encoding at the smaller length gives, on texts both shorter and longer.
+    let data = subsample(
+        &thucnews(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/thucnews_10w.tsv.xz"
+        )))
+        .unwrap(),
+        500,
+        2,
+    );
+    let (long, short) = (chinese(64), chinese(20));
+    let at_limit = long.encode(&data.texts).unwrap();
+    let longer = at_limit.iter().filter(|ids| ids.len() > 20).count();
+    assert!(
+        longer > 0 && longer < data.texts.len(),
+        "{longer} of {} texts longer than 20 tokens: the test needs both kinds",
+        data.texts.len()
+    );
+    let direct = short.encode(&data.texts).unwrap();
+    assert_eq!(
+        short.encode_from_longer(&data.texts, at_limit).unwrap(),
+        direct
+    );
+    // Ids of other texts are refused.
+    let e = short
+        .encode_from_longer(&data.texts, direct[..3].to_vec())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encoded") && e.contains("3 sequences"), "{e}");
+}
+
+#[test]
 fn a_missing_vocab_is_a_clear_error() {
     let e = TextTokenizer::wordpiece(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/none.txt")),
