@@ -17,6 +17,15 @@ fn chinese(max_len: usize) -> TextTokenizer {
     .unwrap()
 }
 
+/// `n` THUCNews headlines (the bundled file), drawn with `seed`.
+fn headlines(n: usize, seed: u64) -> advtrain_experiments::data::TextDataset {
+    let file = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/thucnews_10w.tsv.xz"
+    ));
+    subsample(&thucnews(file).unwrap(), n, seed)
+}
+
 #[test]
 fn chinese_headlines_get_cls_and_sep_and_one_token_per_character() {
     let t = chinese(64);
@@ -30,15 +39,7 @@ fn chinese_headlines_get_cls_and_sep_and_one_token_per_character() {
 #[test]
 fn the_vocab_covers_thucnews_and_latin_capitals() {
     let t = chinese(64);
-    let data = subsample(
-        &thucnews(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/thucnews_10w.tsv.xz"
-        )))
-        .unwrap(),
-        2_000,
-        1,
-    );
+    let data = headlines(2_000, 1);
     let encoded = t.encode(&data.texts).unwrap();
     let unknown = t.unknown_fraction(&encoded);
     assert!(unknown < 0.005, "unknown fraction {unknown}");
@@ -59,15 +60,7 @@ fn ids_at_a_larger_length_give_the_ids_at_a_smaller_one() {
     // The runner reads the maximum length off the training texts' ids at the model's limit, then
     // keeps those ids where they are short enough and encodes only the longer texts again: the
     // result must be what encoding at the smaller length gives, on texts both shorter and longer.
-    let data = subsample(
-        &thucnews(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/thucnews_10w.tsv.xz"
-        )))
-        .unwrap(),
-        500,
-        2,
-    );
+    let data = headlines(500, 2);
     let (long, short) = (chinese(64), chinese(20));
     let at_limit = long.encode(&data.texts).unwrap();
     let longer = at_limit.iter().filter(|ids| ids.len() > 20).count();
