@@ -102,8 +102,8 @@ impl TextTokenizer {
     }
 
     /// Token ids of each text, `[CLS]` and `[SEP]` included, at most `max_len` long.
-    pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
         let encodings =
             self.inner
                 .encode_batch(inputs, true)
@@ -134,7 +134,7 @@ impl TextTokenizer {
         let longer: Vec<usize> = (0..texts.len())
             .filter(|&i| encoded[i].len() > self.max_len)
             .collect();
-        let again: Vec<String> = longer.iter().map(|&i| texts[i].clone()).collect();
+        let again: Vec<&str> = longer.iter().map(|&i| texts[i].as_str()).collect();
         for (i, ids) in longer.into_iter().zip(self.encode(&again)?) {
             encoded[i] = ids;
         }

@@ -129,9 +129,9 @@ impl HeadProduct {
             let in_n = b * n * width + h * head;
             let in_m = b * m * width + h * head;
             // SAFETY: `plan` checked the operands' shapes (every size positive), and `data` gave
-            // slices of exactly those sizes, so every offset below addresses elements inside them; each pair writes its
-            // own block of `out` (a scores block, or its head's columns of a sequence), every
-            // element of it, and all blocks together cover the `len` elements.
+            // slices of exactly those sizes, so every offset below addresses elements inside them;
+            // each pair writes its own block of `out` (a scores block, or its head's columns of a
+            // sequence), every element of it, and all blocks together cover the `len` elements.
             unsafe {
                 let at = |s: &[T], offset: usize| s.as_ptr().add(offset);
                 match self.kind {

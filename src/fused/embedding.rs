@@ -17,9 +17,8 @@
 //! `Lookup` leaves the matrix's gradient out where [`super::wanted`] says nobody wants it (a
 //! variable outside [`super::backward_for`]'s list). Book: "Fused operations and speed".
 
-use super::kernel::{Data, Real, check_input, data};
+use super::kernel::{Data, Real, check_input, data, invalid};
 use super::wanted::{needs_gradient, returned};
-use crate::Error;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
@@ -60,15 +59,11 @@ impl Rows {
             }
         };
         let bad = |reason: String| -> candle_core::Error {
-            Error::InvalidArgument {
-                name: "ids",
-                reason,
-                fix: format!(
-                    "pass ids from 0 to {} (the matrix's rows)",
-                    limit.max(1) - 1
-                ),
-            }
-            .into()
+            let fix = format!(
+                "pass ids from 0 to {} (the matrix's rows)",
+                limit.max(1) - 1
+            );
+            invalid("ids", reason, fix).into()
         };
         match ids.iter().find(|&&i| i >= limit) {
             Some(&usize::MAX) => Err(bad("a negative id".into())),
@@ -155,11 +150,11 @@ pub(crate) fn check_ids(ids: &Tensor) -> crate::Result<()> {
     if matches!(ids.dtype(), DType::U8 | DType::U32 | DType::I64) {
         return Ok(());
     }
-    Err(Error::InvalidArgument {
-        name: "ids",
-        reason: format!("dtype {:?}", ids.dtype()),
-        fix: "pass token ids as u32, i64 or u8".into(),
-    })
+    Err(invalid(
+        "ids",
+        format!("dtype {:?}", ids.dtype()),
+        "pass token ids as u32, i64 or u8".into(),
+    ))
 }
 
 /// The rows of `matrix` `(vocabulary, width)` at `ids` (u32, i64 or u8, any shape): a tensor of shape
@@ -170,11 +165,11 @@ pub(crate) fn check_ids(ids: &Tensor) -> crate::Result<()> {
 pub fn embedding(matrix: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
     check_ids(ids)?;
     let (_, width) = matrix.dims2().map_err(|_| {
-        candle_core::Error::from(Error::InvalidArgument {
-            name: "matrix",
-            reason: format!("shape {:?}", matrix.dims()),
-            fix: "pass the embedding matrix as (vocabulary, width)".into(),
-        })
+        candle_core::Error::from(invalid(
+            "matrix",
+            format!("shape {:?}", matrix.dims()),
+            "pass the embedding matrix as (vocabulary, width)".into(),
+        ))
     })?;
     let mut shape = ids.dims().to_vec();
     shape.push(width);
