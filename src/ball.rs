@@ -53,6 +53,7 @@ impl Ball {
 
     /// The nearest point of the ball: `delta * min(1, r / ||delta||)` for L2, clamping for L-infinity.
     pub fn project(&self, target: &Target, delta: &Tensor) -> Result<Tensor> {
+        crate::error::check_non_negative("radius", self.radius())?;
         target.check_delta(delta)?;
         let projected = match *self {
             Ball::Linf { radius } => delta.clamp(-radius, radius)?,

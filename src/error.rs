@@ -124,6 +124,32 @@ pub fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `indices` (class labels, token ids) are integers that cast to `u32` unchanged: dtype
+/// u8, u32 or i64, and for i64 none negative (Hugging Face's ignore index -100 would wrap around).
+pub fn check_indices(name: &'static str, indices: &candle_core::Tensor) -> Result<()> {
+    match indices.dtype() {
+        DType::U8 | DType::U32 => Ok(()),
+        DType::I64 if indices.elem_count() == 0 => Ok(()),
+        DType::I64 => {
+            let smallest = indices.flatten_all()?.min(0)?.to_scalar::<i64>()?;
+            if smallest < 0 {
+                return Err(Error::InvalidArgument {
+                    name,
+                    reason: format!("holds {smallest}; indices start at 0"),
+                    fix: "drop the rows an ignore index (such as -100) marks before this call"
+                        .into(),
+                });
+            }
+            Ok(())
+        }
+        other => Err(Error::InvalidArgument {
+            name,
+            reason: format!("dtype {other:?}"),
+            fix: "pass indices as u32, u8 or i64".into(),
+        }),
+    }
+}
+
 /// Checks that a scalar parameter is finite and strictly positive.
 pub fn check_positive(name: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() || value <= 0.0 {

@@ -28,15 +28,27 @@ pub struct Estimate {
     pub samples: Vec<f64>,
 }
 
+/// Checks that an estimate with a standard error gets at least 2 samples (`probes`).
+pub fn check_probes(probes: usize) -> Result<()> {
+    if probes < 2 {
+        return Err(Error::InvalidArgument {
+            name: "probes",
+            reason: format!("a standard error needs at least 2 samples, got {probes}"),
+            fix: "draw 2 or more probes".into(),
+        });
+    }
+    Ok(())
+}
+
 impl Estimate {
     /// Mean and standard error of `samples` (at least two).
     pub fn from_samples(samples: Vec<f64>) -> Result<Self> {
         let n = samples.len();
-        if n < 2 {
-            return Err(Error::InvalidArgument {
-                name: "probes",
-                reason: format!("a standard error needs at least 2 samples, got {n}"),
-                fix: "draw 2 or more probes".into(),
+        check_probes(n)?;
+        let bad = samples.iter().filter(|s| !s.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::NonFinite {
+                what: format!("{bad} of {n} samples of the estimate"),
             });
         }
         let mean = samples.iter().sum::<f64>() / n as f64;

@@ -46,7 +46,9 @@ impl Default for FgmConfig {
 impl FgmConfig {
     /// Checks every value; the one place FGM's settings are validated.
     pub fn validate(&self) -> Result<()> {
-        check_non_negative("eps", self.eps)
+        check_non_negative("eps", self.eps)?;
+        self.range
+            .map_or(Ok(()), |r| ValidRange::new(r.lo, r.hi).map(drop))
     }
 }
 

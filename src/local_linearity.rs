@@ -88,6 +88,8 @@ impl LocalLinearity {
 
     /// Radius `eps`, steps of `eps / 4`, the other settings at their defaults.
     pub fn new(eps: f64) -> Result<Self> {
+        // The step eps / 4 must be positive: a zero radius needs a step size of its own.
+        check_positive("eps", eps)?;
         Self::from_config(LocalLinearityConfig {
             eps,
             step_size: eps / 4.0,

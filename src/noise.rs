@@ -194,6 +194,7 @@ fn check_labels(labels: &Tensor, classes: usize, smoothing: f64) -> Result<Vec<u
             got: labels.dims().to_vec(),
         });
     }
+    crate::error::check_indices("labels", labels)?;
     let values: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
     if values.is_empty() {
         return Err(Error::EmptyBatch {

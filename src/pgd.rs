@@ -66,7 +66,9 @@ impl PgdConfig {
     pub fn validate(&self) -> Result<()> {
         check_non_negative("eps", self.eps)?;
         check_positive("alpha", self.alpha)?;
-        check_count("steps", self.steps)
+        check_count("steps", self.steps)?;
+        self.range
+            .map_or(Ok(()), |r| ValidRange::new(r.lo, r.hi).map(drop))
     }
 }
 

@@ -333,6 +333,22 @@ impl Target {
     }
 
     /// The error for a computation that an in-place target cannot serve.
+    /// An error unless the target's entries group into examples: `method` works per example, and a
+    /// weight or embedding-matrix target is shared by the whole batch.
+    pub(crate) fn require_examples(&self, method: &str) -> Result<()> {
+        if !self.has_examples() {
+            return Err(Error::InvalidArgument {
+                name: "target",
+                reason: format!(
+                    "{method} works per example, and a {} is shared by the whole batch",
+                    self.kind
+                ),
+                fix: "use Target::input or Target::embedding_output".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn refuse_in_place(&self) -> Result<()> {
         if self.in_place {
             return Err(Error::InvalidArgument {
@@ -651,6 +667,13 @@ impl Target {
                 fix: "use Scope::PerBatch for weight and embedding-matrix targets".into(),
             });
         }
+        if values.rank() < 2 {
+            return Err(Error::ShapeMismatch {
+                name: "point",
+                expected: "(batch, features...) for per-example norms".into(),
+                got: values.dims().to_vec(),
+            });
+        }
         let b = values.dim(0)?;
         let mut shape = vec![1usize; values.rank()];
         shape[0] = b;
@@ -674,6 +697,18 @@ pub fn check_mask(mask: &Tensor) -> Result<()> {
         return Err(Error::EmptyBatch {
             name: "mask",
             detail: "masks every position".into(),
+        });
+    }
+    // A row without a real token has no norm and no mean (0 / 0 in per-example steps and pooling).
+    if mask.rank() >= 2
+        && let Some(row) = values
+            .chunks((mask.elem_count() / mask.dim(0)?).max(1))
+            .position(|row| row.iter().all(|v| *v == 0.0))
+    {
+        return Err(Error::InvalidArgument {
+            name: "mask",
+            reason: format!("row {row} masks every position: an example without a real token"),
+            fix: "drop empty examples from the batch, or give each at least one real token".into(),
         });
     }
     Ok(())

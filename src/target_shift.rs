@@ -58,13 +58,43 @@ impl Divergence {
         Ok(per_output.sum(D::Minus1)?)
     }
 
-    /// `phi(f)` with `phi'(f)^2 = lambda(f)`.
+    /// `phi(f)` with `phi'(f)^2 = lambda(f)`. The KL form takes probabilities: on the CPU, outputs
+    /// outside (0, 1] are an error (logits would give NaN through the square root, and a zero an
+    /// infinite gradient).
     pub fn transform(&self, outputs: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Divergence::SquaredError => (outputs * 2f64.sqrt())?,
-            Divergence::KullbackLeibler => (outputs.sqrt()? * 2.0)?,
+            Divergence::KullbackLeibler => {
+                check_probabilities(outputs)?;
+                (outputs.sqrt()? * 2.0)?
+            }
         })
     }
+}
+
+fn check_probabilities(outputs: &Tensor) -> Result<()> {
+    if !outputs.device().is_cpu() || outputs.elem_count() == 0 {
+        return Ok(());
+    }
+    let flat = outputs.flatten_all()?;
+    let smallest = flat
+        .min(0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    let largest = flat
+        .max(0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    if !(smallest > 0.0 && largest <= 1.0) {
+        return Err(Error::InvalidArgument {
+            name: "output_fn",
+            reason: format!(
+                "the KL form takes probabilities in (0, 1], got values from {smallest} to {largest}"
+            ),
+            fix: "return softmax(logits) from output_fn, or use Divergence::SquaredError".into(),
+        });
+    }
+    Ok(())
 }
 
 fn check_outputs(outputs: &Tensor) -> Result<()> {
@@ -78,25 +108,13 @@ fn check_outputs(outputs: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn check_examples(target: &Target) -> Result<()> {
-    if !target.has_examples() {
-        return Err(Error::InvalidArgument {
-            name: "target",
-            reason: "target shift sums gradients per example, and a weight target has no examples"
-                .into(),
-            fix: "use Target::input or Target::embedding_output".into(),
-        });
-    }
-    Ok(())
-}
-
 /// The model's outputs at the target's (differentiable) point, and the probe to differentiate against.
 fn outputs_at_point<G>(target: &Target, output_fn: &G) -> Result<(Tensor, Tensor)>
 where
     G: Fn(&Tensor) -> candle_core::Result<Tensor> + ?Sized,
 {
     target.refuse_in_place()?;
-    check_examples(target)?;
+    target.require_examples("target shift (gradients summed per example)")?;
     let (point, probe) = target.probe_point()?;
     let outputs = output_fn(&point)?;
     check_outputs(&outputs)?;

@@ -260,6 +260,16 @@ impl EmbeddingClassifier {
         rng: &mut Rng,
     ) -> Result<TokenBatch> {
         let vocab = self.embedding.dim(0)?;
+        for (name, value) in [("batch", batch), ("tokens", tokens), ("classes", classes)] {
+            crate::error::check_count(name, value)?;
+        }
+        if vocab < 2 {
+            return Err(Error::InvalidArgument {
+                name: "vocab",
+                reason: format!("{vocab} rows leave no token besides the padding id 0"),
+                fix: "build the classifier with a vocabulary of 2 or more".into(),
+            });
+        }
         let device = self.embedding.device();
         let mut ids = vec![0u32; batch * tokens];
         let mut mask = vec![0f64; batch * tokens];
@@ -290,6 +300,7 @@ pub fn classification_batch(
     device: &Device,
     rng: &mut Rng,
 ) -> Result<(Tensor, Tensor)> {
+    crate::error::check_count("classes", classes)?;
     let x = rng.normal((batch, features), dtype, device)?;
     let labels: Vec<u32> = (0..batch)
         .map(|_| (rng.uniform_f64(0.0, classes as f64) as u32).min(classes as u32 - 1))

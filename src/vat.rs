@@ -106,6 +106,7 @@ impl Vat {
     pub fn direction(&self, batch: &Batch, clean_logits: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         let target = batch.target();
         target.refuse_in_place()?;
+        target.require_examples("VAT (a unit direction per example)")?;
         let (logits_fn, _) = batch.outputs_and_task("VAT")?;
         let unit = StepNorm::L2(Scope::PerExample);
         let p = target.point();

@@ -227,6 +227,14 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
             "pass the weight as (out_features, in_features)".into(),
         )
     })?;
+    if out == 0 {
+        return Err(invalid(
+            "weight",
+            format!("shape {:?}: no output features", weight.dims()),
+            "give the layer at least one output feature".into(),
+        )
+        .into());
+    }
     let dims = x.dims();
     let last = dims[dims.len() - 1];
     if last != inputs {

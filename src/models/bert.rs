@@ -136,7 +136,7 @@ impl BertConfig {
         if self.model_type == "bert" {
             0
         } else {
-            self.pad_token_id + 1
+            self.pad_token_id.saturating_add(1)
         }
     }
 
@@ -657,6 +657,7 @@ impl BertClassifier {
                 "at most {max_tokens} tokens (the position embeddings)"
             )));
         }
+        crate::error::check_indices("ids", ids)?;
         let flat = ids.flatten_all()?;
         let largest = flat.to_dtype(DType::U32)?.max(0)?.to_scalar::<u32>()? as usize;
         if largest >= self.config.vocab_size {
@@ -734,6 +735,18 @@ impl BertClassifier {
                 expected: e.dtype(),
                 got: mask.dtype(),
             });
+        }
+        let max_tokens = self.config.max_tokens();
+        if n > max_tokens {
+            return Err(Error::ShapeMismatch {
+                name: "e",
+                expected: format!("at most {max_tokens} tokens (the position embeddings)"),
+                got: e.dims().to_vec(),
+            });
+        }
+        // Values where they can be read in place, as `Target::embedding_output` does.
+        if mask.device().is_cpu() {
+            crate::target::check_mask(mask)?;
         }
         Ok(())
     }

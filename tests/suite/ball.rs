@@ -103,3 +103,21 @@ fn random_start_is_inside_the_ball_and_masked() {
         Err(advtrain::Error::InvalidArgument { .. })
     ));
 }
+
+#[test]
+fn a_ball_with_a_negative_or_nan_radius_is_refused() {
+    let p = problem(Setup::MlpInput, 1).unwrap();
+    let delta = p.target.point().ones_like().unwrap();
+    for radius in [-1.0, f64::NAN] {
+        for ball in [
+            Ball::L2 {
+                radius,
+                scope: Scope::PerBatch,
+            },
+            Ball::Linf { radius },
+        ] {
+            let text = ball.project(&p.target, &delta).unwrap_err().to_string();
+            assert!(text.contains("radius"), "{text}");
+        }
+    }
+}

@@ -219,3 +219,15 @@ fn fgm_trains_a_model_in_a_user_loop() {
     .unwrap();
     assert!(last < 0.8 * first, "loss {first} -> {last}");
 }
+
+#[test]
+fn a_config_with_an_empty_valid_range_is_refused() {
+    let config = advtrain::FgmConfig {
+        range: Some(advtrain::ValidRange { lo: 1.0, hi: 0.0 }),
+        ..advtrain::FgmConfig::default()
+    };
+    let Err(Error::InvalidArgument { name, .. }) = Fgm::from_config(config) else {
+        panic!("an empty range was accepted");
+    };
+    assert_eq!(name, "range");
+}

@@ -1196,3 +1196,33 @@ fn embedding_equals_index_select_and_skips_unwanted_gradients() {
         .to_string();
     assert!(message.contains("(vocabulary, width)"), "{message}");
 }
+
+#[test]
+fn a_linear_layer_without_outputs_is_an_error_not_a_panic() {
+    let x = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((0, 3), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap();
+    let text = fused::linear(&x, &w, Some(&b)).unwrap_err().to_string();
+    assert!(
+        text.contains("weight") && text.contains("output feature"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cross_entropy_refuses_negative_and_float_labels() {
+    let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    // Hugging Face's ignore index would wrap around to 4294967196 in the cast to u32.
+    let ignored = Tensor::new(&[0i64, -100], &Device::Cpu).unwrap();
+    let text = fused::cross_entropy(&logits, &ignored)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("labels") && text.contains("-100"), "{text}");
+    let floats = Tensor::new(&[0f32, 1.0], &Device::Cpu).unwrap();
+    let text = fused::cross_entropy(&logits, &floats)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("labels") && text.contains("F32"), "{text}");
+    let fine = Tensor::new(&[0i64, 2], &Device::Cpu).unwrap();
+    assert!(fused::cross_entropy(&logits, &fine).is_ok());
+}

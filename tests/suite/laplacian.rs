@@ -166,3 +166,25 @@ fn bad_arguments_are_errors() {
         Err(Error::InvalidArgument { name: "probes", .. })
     ));
 }
+
+#[test]
+fn an_estimate_needs_two_finite_samples() {
+    let p = problem(Setup::MlpInput, 1).unwrap();
+    let Err(Error::InvalidArgument { name, .. }) = laplacian::hutchinson(
+        &p.target,
+        &p.loss,
+        ProbeKind::Rademacher,
+        CurvatureMethod::DoubleBackward,
+        1,
+        &mut Rng::new(0),
+    ) else {
+        panic!("one probe was accepted");
+    };
+    assert_eq!(name, "probes");
+    let Err(Error::NonFinite { what }) =
+        advtrain::estimate::Estimate::from_samples(vec![1.0, f64::NAN, 2.0])
+    else {
+        panic!("a NaN sample was averaged");
+    };
+    assert!(what.contains("1 of 3"), "{what}");
+}

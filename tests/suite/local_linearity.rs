@@ -117,3 +117,9 @@ fn bad_settings_name_the_argument() {
         assert!(e.contains(name), "{e}");
     }
 }
+
+#[test]
+fn a_zero_radius_names_eps_not_the_derived_step() {
+    let text = LocalLinearity::new(0.0).unwrap_err().to_string();
+    assert!(text.contains("`eps`"), "{text}");
+}

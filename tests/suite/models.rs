@@ -648,3 +648,32 @@ fn the_fused_lookup_gives_every_method_the_matrix_gradient_of_index_select() {
         assert!(error < 1e-14, "{name}: {error:e}");
     }
 }
+
+#[test]
+fn negative_ids_empty_mask_rows_and_long_inputs_are_errors() {
+    let model = tiny(Pooling::Mean);
+    let negative = Tensor::new(&[[1i64, -1]], &Device::Cpu).unwrap();
+    let text = model.embed(&negative).unwrap_err().to_string();
+    assert!(text.contains("`ids`") && text.contains("-1"), "{text}");
+    let (ids, _, _) = batch();
+    let e = model.embed(&ids).unwrap();
+    let empty_row = Tensor::new(&[[1f64, 1., 1., 1.], [0., 0., 0., 0.]], &Device::Cpu).unwrap();
+    let text = model.hidden_states(&e, &empty_row).unwrap_err().to_string();
+    assert!(text.contains("mask") && text.contains("row 1"), "{text}");
+    // Longer than the position embeddings (10 in the tiny config).
+    let long = Tensor::zeros((1, 11, 8), DType::F64, &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, 11), DType::F64, &Device::Cpu).unwrap();
+    let text = model.hidden_states(&long, &mask).unwrap_err().to_string();
+    assert!(text.contains("`e`") && text.contains("10 tokens"), "{text}");
+}
+
+#[test]
+fn a_pad_token_id_at_the_integer_limit_is_an_error_not_an_overflow() {
+    let config = BertConfig {
+        model_type: "roberta".into(),
+        pad_token_id: usize::MAX,
+        ..tiny_config()
+    };
+    let text = config.validate().unwrap_err().to_string();
+    assert!(text.contains("max_position_embeddings"), "{text}");
+}

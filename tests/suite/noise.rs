@@ -242,3 +242,18 @@ fn bad_arguments_are_errors() {
         Err(Error::EmptyBatch { .. })
     ));
 }
+
+#[test]
+fn label_smoothing_refuses_float_and_negative_labels() {
+    for labels in [
+        Tensor::new(&[0f32, 2.7], &Device::Cpu).unwrap(),
+        Tensor::new(&[0i64, -1], &Device::Cpu).unwrap(),
+    ] {
+        let Err(Error::InvalidArgument { name, .. }) =
+            noise::label_smoothing(&labels, 3, 0.1, DType::F64)
+        else {
+            panic!("labels {labels} were cast to classes");
+        };
+        assert_eq!(name, "labels");
+    }
+}

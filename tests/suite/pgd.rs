@@ -209,3 +209,18 @@ fn a_valid_range_keeps_the_attacked_point_inside_it_and_inside_the_ball() {
     );
     assert!(Pgd::new(eps, 0.1, 1).unwrap().with_range(1.0, 0.0).is_err());
 }
+
+#[test]
+fn a_config_with_an_empty_valid_range_is_refused() {
+    let config = advtrain::PgdConfig {
+        range: Some(advtrain::ValidRange {
+            lo: 0.0,
+            hi: f64::NAN,
+        }),
+        ..advtrain::PgdConfig::default()
+    };
+    let Err(Error::InvalidArgument { name, .. }) = Pgd::from_config(config) else {
+        panic!("a NaN range was accepted");
+    };
+    assert_eq!(name, "range");
+}

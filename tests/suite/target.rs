@@ -506,3 +506,28 @@ fn an_in_place_target_built_once_keeps_the_optimisers_updates() {
         assert!(e.contains("Target::in_place"), "{name}: {e}");
     }
 }
+
+#[test]
+fn a_mask_row_without_real_tokens_is_refused() {
+    let e = Tensor::ones((2, 3, 4), DType::F64, &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1f64, 1., 0.], [0., 0., 0.]], &Device::Cpu).unwrap();
+    let Err(Error::InvalidArgument { name, reason, .. }) =
+        Target::embedding_output(&e, Some(&mask))
+    else {
+        panic!("a fully padded row was accepted");
+    };
+    assert_eq!(name, "mask");
+    assert!(reason.contains("row 1"), "{reason}");
+    let fine = Tensor::new(&[[1f64, 1., 0.], [1., 0., 0.]], &Device::Cpu).unwrap();
+    assert!(Target::embedding_output(&e, Some(&fine)).is_ok());
+}
+
+#[test]
+fn per_example_sums_need_a_batch_dimension_and_features() {
+    let x = Tensor::new(&[1f64, 2., 3.], &Device::Cpu).unwrap();
+    let target = Target::input(&x).unwrap();
+    let Err(Error::ShapeMismatch { name, got, .. }) = target.per_example_sum(&x) else {
+        panic!("a rank-1 point was summed per example");
+    };
+    assert_eq!((name, got), ("point", vec![3]));
+}

@@ -193,3 +193,27 @@ fn bad_arguments_are_errors() {
         })
     ));
 }
+
+#[test]
+fn the_kl_form_refuses_logits() {
+    let x = Tensor::new(&[[0.5f64, -1.0], [2.0, 0.3]], &Device::Cpu).unwrap();
+    let target = Target::input(&x).unwrap();
+    let logits = |x: &Tensor| x.affine(2.0, -1.0);
+    let text =
+        target_shift::sum_of_squared_gradients(&target, &logits, Divergence::KullbackLeibler)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        text.contains("output_fn") && text.contains("softmax"),
+        "{text}"
+    );
+    let probabilities = |x: &Tensor| candle_nn::ops::softmax(x, 1);
+    assert!(
+        target_shift::sum_of_squared_gradients(
+            &target,
+            &probabilities,
+            Divergence::KullbackLeibler
+        )
+        .is_ok()
+    );
+}

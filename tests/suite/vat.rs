@@ -129,3 +129,26 @@ fn bad_arguments_are_errors() {
         Err(Error::ShapeMismatch { .. })
     ));
 }
+
+#[test]
+fn a_weight_target_is_refused_with_a_fix_that_applies() {
+    let matrix = candle_core::Var::from_tensor(
+        &Rng::new(3)
+            .normal((6, 4), DType::F64, &Device::Cpu)
+            .unwrap(),
+    )
+    .unwrap();
+    let target = Target::embedding_matrix(&matrix).unwrap();
+    let logits = |m: &Tensor| m.narrow(0, 0, 2);
+    let unlabelled = |z: &Tensor| z.zeros_like()?.sum_all();
+    let clean = logits(matrix.as_tensor()).unwrap();
+    let Err(Error::InvalidArgument { name, fix, .. }) = Vat::new(1.0).unwrap().direction(
+        &Batch::with_outputs(&target, &logits, &unlabelled),
+        &clean,
+        &mut Rng::new(0),
+    ) else {
+        panic!("VAT ran on a weight target");
+    };
+    assert_eq!(name, "target");
+    assert!(fix.contains("Target::input"), "{fix}");
+}
