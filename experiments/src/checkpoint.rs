@@ -112,13 +112,31 @@ pub fn load(path: &Path, adam: &mut Adam) -> Result<usize> {
         })
     };
     for (i, (name, var)) in adam.vars.iter().enumerate() {
-        var.set(&get(format!("param.{name}"))?.to_dtype(var.dtype())?)?;
+        var.set(&get(format!("param.{name}"))?.to_dtype(var.dtype())?)
+            .map_err(|e| {
+                Error::data(
+                    path.display(),
+                    None,
+                    format!("param.{name} does not fit the model: {e}"),
+                    "the checkpoint is from another model or data set: delete the checkpoint \
+                     folder to start the run afresh",
+                )
+            })?;
         adam.first[i] = get(format!("adam_m.{name}"))?.to_dtype(var.dtype())?;
         adam.second[i] = get(format!("adam_v.{name}"))?.to_dtype(var.dtype())?;
     }
     let meta = get("meta.epoch_step".into())?
         .to_dtype(DType::U32)?
+        .flatten_all()?
         .to_vec1::<u32>()?;
-    adam.step = meta[1] as usize;
-    Ok(meta[0] as usize)
+    let [epoch, step] = meta[..] else {
+        return Err(Error::data(
+            path.display(),
+            None,
+            format!("meta.epoch_step holds {} values, not 2", meta.len()),
+            "delete the checkpoint folder to start the run afresh",
+        ));
+    };
+    adam.step = step as usize;
+    Ok(epoch as usize)
 }

@@ -62,7 +62,9 @@ pub struct ExperimentArgs {
     /// one of the reported seeds).
     #[arg(long)]
     pub selection_seeds: Option<usize>,
-    /// Examples drawn before the train/dev/test split (THUCNews: 5000 of 100000 unless given).
+    /// Examples drawn before the train/dev/test split (the training file's, with --train). Default:
+    /// the experiment's own for its bundled data (THUCNews: 5000 of 100000), all of your own data
+    /// (--texts, --train, --images); --quick draws the experiment's small subset either way.
     #[arg(long)]
     pub subset: Option<usize>,
     /// A subset and 2 epochs, a few minutes; results go to target/experiments/NAME-quick unless
@@ -176,8 +178,19 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
             .map(|m| Method::parse(m))
             .collect::<Result<_>>()?
     };
+    if let Some(i) = first_repeat(&methods) {
+        return Err(bad("--methods", format!("lists {} twice", args.methods[i])));
+    }
     advtrain::error::check_count("--seeds", args.seeds)?;
     let (eps, selection) = radii(&args, experiment.preset(args.seeds_form).eps)?;
+    for (flag, values) in [
+        ("--eps", &eps),
+        ("--eps-grid", selection.as_ref().map_or(&eps, |s| &s.grid)),
+    ] {
+        if let Some(i) = first_repeat(values) {
+            return Err(bad(flag, format!("lists {} twice", values[i])));
+        }
+    }
     if args.epochs == Some(0) {
         return Err(bad("--epochs", "must be at least 1".into()));
     }
@@ -279,6 +292,12 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
         selection,
         subset: args.subset,
     })
+}
+
+/// The index of the first value equal to an earlier one: a repeated run would resume the first
+/// one's folder and count its seeds twice.
+fn first_repeat<T: PartialEq>(values: &[T]) -> Option<usize> {
+    (1..values.len()).find(|&i| values[..i].contains(&values[i]))
 }
 
 /// `--eps`, `--eps-grid` and `--selection-seeds`: fixed radii, or the grid `--eps auto` chooses from.

@@ -101,12 +101,25 @@ pub fn split<T: Examples>(
         }
     }
     let n = data.len();
-    let dev = (n as f64 * dev_fraction).round() as usize;
-    let test = (n as f64 * test_fraction).round() as usize;
-    if dev + test >= n {
-        return Err(Error::EmptyBatch {
-            name: "train split",
-            detail: format!("{n} examples leave none for training after {dev} dev and {test} test"),
+    let sizes = |n: usize| {
+        let dev = (n as f64 * dev_fraction).round() as usize;
+        let test = (n as f64 * test_fraction).round() as usize;
+        let fits = (dev > 0 || dev_fraction == 0.0) && (test > 0 || test_fraction == 0.0);
+        (dev, test, fits && dev + test < n)
+    };
+    let (dev, test, fits) = sizes(n);
+    if !fits {
+        let fix = match (n + 1..1 << 20).find(|&m| sizes(m).2) {
+            Some(m) => format!("use at least {m} examples (more data, or a larger --subset)"),
+            None => "use smaller dev and test fractions".into(),
+        };
+        return Err(Error::InvalidArgument {
+            name: "data",
+            reason: format!(
+                "{n} examples split into {dev} dev, {test} test and {} training examples",
+                n.saturating_sub(dev + test)
+            ),
+            fix,
         });
     }
     let order = Rng::new(seed).permutation(n);
@@ -181,6 +194,16 @@ fn read_table(
 ) -> Result<(DataFrame, Vec<usize>)> {
     let bytes = read_bytes(path)?;
     let shown = path.display().to_string();
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        let at = e.valid_up_to();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        return Err(Error::data(
+            shown,
+            Some(line),
+            format!("not UTF-8 (byte {at})"),
+            "save the file as UTF-8, e.g. iconv -f GBK -t UTF-8 FILE > FILE.utf8",
+        ));
+    }
     let found = records(&bytes, separator, quote);
     // Without a fixed count, every record has as many fields as the first (the header).
     let fields = fields.unwrap_or_else(|| found.first().map_or(0, |r| r.1));
@@ -258,22 +281,36 @@ fn text_dataset(
     rows: Vec<(usize, String, String)>,
     classes: Option<&[String]>,
 ) -> Result<TextDataset> {
+    let shown = || path.display().to_string();
+    if let Some((line, ..)) = rows.iter().find(|r| r.1.trim().is_empty()) {
+        return Err(Error::data(
+            shown(),
+            Some(*line),
+            "empty label",
+            "give the row its label, or remove it",
+        ));
+    }
     let classes: Vec<String> = match classes {
         Some(c) => c.to_vec(),
         None => {
             let mut c: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
             c.sort();
             c.dedup();
+            check_classes(path, &c, rows.len())?;
             c
         }
     };
+    let index_of: std::collections::HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
     let mut out = TextDataset {
-        classes,
+        classes: classes.clone(),
         ..Default::default()
     };
     for (line, label, text) in rows {
-        let shown = || path.display().to_string();
-        let Some(index) = out.classes.iter().position(|c| *c == label) else {
+        let Some(&index) = index_of.get(label.as_str()) else {
             return Err(Error::data(
                 shown(),
                 Some(line),
@@ -293,9 +330,39 @@ fn text_dataset(
             ));
         }
         out.texts.push(text);
-        out.labels.push(index as u32);
+        out.labels.push(index);
     }
     Ok(out)
+}
+
+/// A training file's classes: at least two, and fewer than half its rows (more means the label
+/// column holds texts: swapped columns, or the wrong column named).
+fn check_classes(path: &Path, classes: &[String], rows: usize) -> Result<()> {
+    let shown = path.display().to_string();
+    if classes.len() < 2 {
+        return Err(Error::data(
+            shown,
+            None,
+            format!(
+                "every row has the label {:?}",
+                classes.first().map_or("", String::as_str)
+            ),
+            "a classifier needs two labels or more; check the label column",
+        ));
+    }
+    if rows >= 20 && classes.len() > rows / 2 {
+        return Err(Error::data(
+            shown,
+            None,
+            format!(
+                "{} distinct labels in {rows} rows, e.g. {:?}: the label column looks like texts",
+                classes.len(),
+                classes[0]
+            ),
+            "put the label first (TSV: label<TAB>text), or name the label column",
+        ));
+    }
+    Ok(())
 }
 
 /// Labelled texts as TSV: `label<TAB>text` per line, no header. Class names are the sorted distinct
@@ -303,7 +370,19 @@ fn text_dataset(
 /// is an error at its line.
 pub fn labelled_tsv(path: &Path, classes: Option<&[String]>) -> Result<TextDataset> {
     let (frame, lines) = read_table(path, b'\t', None, false, Some(2))?;
-    text_dataset(path, labelled_rows(&frame, lines, 0, 1)?, classes)
+    let rows = labelled_rows(&frame, lines, 0, 1)?;
+    if classes.is_none()
+        && let Some((line, first, _)) = rows.first()
+        && rows.len() > 1
+        && rows.iter().filter(|r| r.1 == *first).count() == 1
+    {
+        println!(
+            "warning: {}:{line}: its label {first:?} occurs on no other row: if it is a header, \
+             remove it (TSV files have none)",
+            path.display()
+        );
+    }
+    text_dataset(path, rows, classes)
 }
 
 /// `(line, label, text)` rows from a frame's label and text columns.

@@ -823,6 +823,33 @@ pub enum Prepared {
     Image(Split<ImageDataset>),
 }
 
+impl Prepared {
+    /// A hash of the examples themselves (ids or pixels, and labels, of every split): part of a
+    /// run's fingerprint, so that a data file edited in place under the same name is not resumed.
+    pub fn content_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            Prepared::Text {
+                train,
+                dev,
+                test,
+                pad_id,
+                ..
+            } => (train, dev, test, pad_id).hash(&mut hasher),
+            Prepared::Image(split) => {
+                for part in [&split.train, &split.dev, &split.test] {
+                    part.labels.hash(&mut hasher);
+                    part.pixels
+                        .iter()
+                        .for_each(|p| p.to_bits().hash(&mut hasher));
+                }
+            }
+        }
+        hasher.finish()
+    }
+}
+
 fn tokenized(t: &TextTokenizer, d: &TextDataset) -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
     Ok((t.encode(&d.texts)?, d.labels.clone()))
 }
@@ -927,13 +954,13 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     let (parts, bundled_len) = match &options.texts {
         // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
         None if experiment == Experiment::Thucnews => {
-            let all = subsample(&thucnews(&data.join("thucnews_10w.tsv.xz"))?, size, 0);
+            let all = drawn(&thucnews(&data.join("thucnews_10w.tsv.xz"))?, size, 0);
             (split(&all, dev_fraction, test_fraction, 0)?, Some(32))
         }
         // 99% of the snippets have at most 40 words.
         None if experiment == Experiment::RottenTomatoes => {
             let path = data.join("rotten_tomatoes_corpus_full.csv.bz2");
-            let all = subsample(&rotten_tomatoes(&path)?, size, 0);
+            let all = drawn(&rotten_tomatoes(&path)?, size, 0);
             (split(&all, dev_fraction, test_fraction, 0)?, Some(64))
         }
         None => {
@@ -947,7 +974,7 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
             });
         }
         Some(TextSource::One(file)) => {
-            let all = subsample(&file.load(None)?, size, 0);
+            let all = drawn(&file.load(None)?, size, 0);
             (split(&all, dev_fraction, test_fraction, 0)?, None)
         }
         Some(TextSource::Files { train, dev, test }) => {
@@ -961,7 +988,7 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
                 }
             };
             let parts = Split {
-                train: subsample(&train, size, 0),
+                train: drawn(&train, size, 0),
                 dev,
                 test,
             };
@@ -1023,15 +1050,33 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     })
 }
 
+/// [`subsample`], saying how many examples it keeps when it leaves some out.
+fn drawn<T: Examples>(all: &T, size: usize, seed: u64) -> T {
+    if size < all.len() {
+        println!("using {size} of {} examples (--subset)", all.len());
+    }
+    subsample(all, size, seed)
+}
+
 /// Loads, splits (seed 0, the same for every run), subsamples in quick mode, and tokenises.
 pub fn prepare(options: &Options) -> Result<Prepared> {
     let data = &options.data_dir;
-    let size = options
-        .subset
-        .unwrap_or(options.experiment.default_subset(options.quick));
+    // The experiment's own subset for its bundled data; all of a user's own data unless --quick.
+    let own_data = options.images.is_some() || options.texts.is_some();
+    let size = options.subset.unwrap_or(if own_data && !options.quick {
+        usize::MAX
+    } else {
+        options.experiment.default_subset(options.quick)
+    });
     advtrain::error::check_count("--subset", size)?;
-    if let Some(max_len) = options.max_len {
-        advtrain::error::check_count("--max-len", max_len)?;
+    if let Some(max_len) = options.max_len
+        && max_len < 3
+    {
+        return Err(Error::InvalidArgument {
+            name: "--max-len",
+            reason: format!("{max_len} tokens leave no room for a token between [CLS] and [SEP]"),
+            fix: "pass --max-len 3 or more".into(),
+        });
     }
     match options.experiment {
         Experiment::Thucnews | Experiment::RottenTomatoes | Experiment::Clue => {
@@ -1056,10 +1101,21 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
                             "pass 28 x 28 images (MNIST, Fashion-MNIST, KMNIST)",
                         ));
                     }
+                    let mut seen = all.labels.clone();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    if seen.len() < 2 {
+                        return Err(Error::data(
+                            labels.display(),
+                            None,
+                            format!("every image has the label {}", seen.first().unwrap_or(&0)),
+                            "a classifier needs two labels or more",
+                        ));
+                    }
                     all
                 }
             };
-            let all = subsample(&all, size, 0);
+            let all = drawn(&all, size, 0);
             Ok(Prepared::Image(split(&all, 0.1, 0.2, 0)?))
         }
     }
@@ -1161,11 +1217,12 @@ pub fn run_one(
         ..hyper
     };
     let fingerprint = format!(
-        "{} quick={} train={} data={:?} {:?} model={:?} tokenizer={:?} max_len={:?} \
-         {fingerprint_hyper:?}\n",
+        "{} quick={} train={} examples={:016x} data={:?} {:?} model={:?} tokenizer={:?} \
+         max_len={:?} {fingerprint_hyper:?}\n",
         options.experiment.name(),
         options.quick,
         task.train_len(),
+        prepared.content_hash(),
         options.images,
         options.texts,
         options.model,

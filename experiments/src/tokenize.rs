@@ -74,15 +74,29 @@ impl TextTokenizer {
     }
 
     fn finish(mut inner: Tokenizer, path: &Path, max_len: usize) -> Result<Self> {
-        advtrain::error::check_count("max_len", max_len.saturating_sub(2))?;
+        if max_len < 3 {
+            return Err(Error::InvalidArgument {
+                name: "max_len",
+                reason: format!(
+                    "{max_len} tokens leave no room for a token between [CLS] and [SEP]"
+                ),
+                fix: "pass a length of 3 or more (--max-len)".into(),
+            });
+        }
         inner
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
                 ..Default::default()
             }))
             .map_err(|e| tokenizer_error(path, e))?;
-        let pad_id = special_id(&inner, path, "[PAD]")?;
-        let unk_id = inner.token_to_id("[UNK]");
+        // BERT's names, or the RoBERTa family's (RoBERTa, XLM-R).
+        let pad_id = match inner.token_to_id("<pad>") {
+            Some(id) if inner.token_to_id("[PAD]").is_none() => id,
+            _ => special_id(&inner, path, "[PAD]")?,
+        };
+        let unk_id = inner
+            .token_to_id("[UNK]")
+            .or_else(|| inner.token_to_id("<unk>"));
         Ok(Self {
             inner,
             max_len,

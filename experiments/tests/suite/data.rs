@@ -309,3 +309,47 @@ fn your_own_labelled_texts_load_from_tsv_and_csv_with_errors_at_their_line() {
         .to_string();
     assert!(e.contains(":3:") && e.contains("expected 3 fields"), "{e}");
 }
+
+#[test]
+fn a_set_too_small_for_a_dev_and_a_test_example_is_refused() {
+    let four = labelled_tsv(
+        &temp_file("four.tsv", "a\tone\nb\ttwo\na\tthree\nb\tfour\n"),
+        None,
+    )
+    .unwrap();
+    let Err(Error::InvalidArgument { name, fix, .. }) = split(&four, 0.1, 0.2, 0) else {
+        panic!("four examples were split into an empty dev set");
+    };
+    assert_eq!(name, "data");
+    // Five give one dev (0.5 rounds up), one test and three training examples.
+    assert!(fix.contains("at least 5 examples"), "{fix}");
+}
+
+#[test]
+fn one_label_empty_labels_label_columns_of_texts_and_other_encodings_are_refused() {
+    let (line, text) =
+        line_of(labelled_tsv(&temp_file("one.tsv", "spam\tbuy\nspam\tnow\n"), None).unwrap_err());
+    assert!(
+        line.is_none() && text.contains("\"spam\"") && text.contains("two labels"),
+        "{text}"
+    );
+    let (line, text) = line_of(
+        labelled_tsv(
+            &temp_file("empty-label.tsv", "a\tone\n\ttwo\nb\tthree\n"),
+            None,
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(line, Some(2), "{text}");
+    // The columns swapped: every text a label of its own.
+    let swapped: String = (0..30)
+        .map(|i| format!("headline number {i}\tsport\n"))
+        .collect();
+    let (_, text) = line_of(labelled_tsv(&temp_file("swapped.tsv", &swapped), None).unwrap_err());
+    assert!(text.contains("30 distinct labels in 30 rows"), "{text}");
+    // GBK bytes on line 2.
+    let path = temp_file("gbk.tsv", "");
+    std::fs::write(&path, b"a\tone\nb\t\xd6\xd0\xce\xc4\n").unwrap();
+    let (line, text) = line_of(labelled_tsv(&path, None).unwrap_err());
+    assert!(line == Some(2) && text.contains("UTF-8"), "{text}");
+}

@@ -524,6 +524,19 @@ fn the_mnist_experiment_runs_on_idx_files_and_refuses_other_shapes() {
         e.contains("small-idx3-ubyte") && e.contains("28 x 28"),
         "{e}"
     );
+    // Labels of one class are refused, naming the labels file.
+    let one_class = crate::data::idx_file("one-class-idx1-ubyte", &[n as u32], &vec![7; n]);
+    let options = parse(&args(&format!(
+        "--data {data} --images {} --labels {}",
+        images.display(),
+        one_class.display()
+    )))
+    .unwrap();
+    let e = prepare(&options).err().unwrap().to_string();
+    assert!(
+        e.contains("one-class-idx1-ubyte") && e.contains("label 7"),
+        "{e}"
+    );
     // --images needs --labels, and feeds the mnist experiment only.
     assert!(parse(&args(&format!("--images {}", images.display()))).is_err());
     let e = parse(
@@ -816,4 +829,55 @@ fn the_seeds_form_reaches_the_text_runs_and_mnist_refuses_it() {
         );
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn repeated_methods_or_radii_and_a_length_without_room_are_refused() {
+    let e = parse(&args("thucnews --methods baseline,fgm,fgm"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--methods") && e.contains("fgm twice"), "{e}");
+    let e = parse(&args("thucnews --eps 0.5,0.50"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--eps") && e.contains("0.5 twice"), "{e}");
+    let e = parse(&args("thucnews --eps auto --eps-grid 0.1,0.2,0.1"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--eps-grid"), "{e}");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let options = parse(&args(&format!("thucnews --max-len 2 --data {root}/data"))).unwrap();
+    let e = prepare(&options).err().unwrap().to_string();
+    assert!(e.contains("--max-len") && e.contains("[CLS]"), "{e}");
+}
+
+#[test]
+fn the_users_own_texts_are_used_whole_unless_a_subset_is_asked_for() {
+    use advtrain_experiments::data::thucnews;
+    use advtrain_experiments::run::Prepared;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let bundled = thucnews(&std::path::Path::new(root).join("data/thucnews_10w.tsv.xz")).unwrap();
+    // More texts than the experiment's own subset of its bundled headlines (5,000).
+    let tsv: String = (0..6000)
+        .map(|i| {
+            let label = &bundled.classes[bundled.labels[i] as usize];
+            format!("{label}\t{}\n", bundled.texts[i])
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("advtrain-whole-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("own.tsv");
+    std::fs::write(&path, tsv).unwrap();
+    let train_size = |extra: &str| {
+        let line = format!(
+            "thucnews --max-len 32 --data {root}/data --texts {} {extra}",
+            path.display()
+        );
+        match prepare(&parse(&args(&line)).unwrap()).unwrap() {
+            Prepared::Text { train, .. } => train.1.len(),
+            Prepared::Image(_) => panic!("a text experiment prepares text"),
+        }
+    };
+    assert_eq!(train_size(""), 4800); // 80% of 6,000
+    assert_eq!(train_size("--subset 1000"), 800);
 }

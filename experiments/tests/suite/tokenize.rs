@@ -114,3 +114,24 @@ fn batches_pad_to_the_longest_with_a_mask() {
     assert_eq!(mask.to_vec2::<f32>().unwrap(), [[1., 1., 1.], [1., 0., 0.]]);
     assert!(pad_batch(&[], 0, DType::F32, &Device::Cpu).is_err());
 }
+
+#[test]
+fn roberta_style_tokenizers_pad_with_their_own_token() {
+    // The RoBERTa family names its specials <s>, <pad>, </s> and <unk>, where BERT's are [PAD] etc.
+    let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "unk_token": "<unk>",
+        "vocab": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "good": 4, "film": 5}}}"#;
+    let dir = std::env::temp_dir().join(format!("advtrain-roberta-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    let tokenizer = TextTokenizer::from_json(&path, 8).unwrap();
+    assert_eq!(tokenizer.pad_id(), 1);
+    assert_eq!(tokenizer.encode(&["good film"]).unwrap(), vec![vec![4, 5]]);
+    let e = TextTokenizer::from_json(&path, 2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("max_len") && e.contains("[CLS]"), "{e}");
+}
