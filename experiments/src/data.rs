@@ -155,7 +155,15 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         _ => Box::new(file),
     };
     let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| Error::data(shown, None, format!("cannot read or decompress: {e}"), "the file is damaged or not in the format its extension says: compare its sha256 with data/SHA256SUMS"))?;
+    reader.read_to_end(&mut bytes).map_err(|e| {
+        Error::data(
+            shown,
+            None,
+            format!("cannot read or decompress: {e}"),
+            "the file is damaged or not compressed as its extension says (.gz, .bz2, .xz); for \
+             the shipped data, compare its sha256 with data/SHA256SUMS",
+        )
+    })?;
     Ok(bytes)
 }
 
@@ -209,11 +217,18 @@ fn read_table(
     let fields = fields.unwrap_or_else(|| found.first().map_or(0, |r| r.1));
     for &(line, n) in &found {
         if n != fields {
+            let format = match separator {
+                b'\t' => {
+                    "TSV, label<TAB>text and no header, which a name not ending in .csv, \
+                           .json or .jsonl means"
+                }
+                _ => "CSV with a header, from the name's .csv",
+            };
             return Err(Error::data(
                 shown,
                 Some(line),
                 format!("expected {fields} fields, found {n}"),
-                "repair or delete that row",
+                format!("repair or delete that row (the file is read as {format})"),
             ));
         }
     }

@@ -240,6 +240,16 @@ impl TextFile {
             .trim_end_matches(".xz");
         if stem.ends_with(".csv") {
             labelled_csv(&self.path, &self.label_column, &self.text_column, classes)
+        } else if self.label_column != "label" || self.text_column != "text" {
+            Err(Error::InvalidArgument {
+                name: "--label-column",
+                reason: format!(
+                    "column names apply to CSV files; {} is read as TSV or CLUE JSONL by its name",
+                    self.path.display()
+                ),
+                fix: "give the file a .csv name, or leave out --label-column and --text-column"
+                    .into(),
+            })
         } else if stem.ends_with(".json") || stem.ends_with(".jsonl") {
             clue_jsonl(&self.path, classes)
         } else {

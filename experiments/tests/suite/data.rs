@@ -95,6 +95,14 @@ fn a_ragged_tsv_row_is_reported_at_its_line() {
     let (line, text) = line_of(thucnews(&path).unwrap_err());
     assert_eq!(line, Some(2), "{text}");
     assert!(text.contains("expected 2 fields, found 3"), "{text}");
+    // The fix says how the file was read: comma-separated rows in a .txt are not a CSV.
+    let path = temp_file("rows.txt", "sports,A\nfinance,B\n");
+    let (line, text) = line_of(labelled_tsv(&path, None).unwrap_err());
+    assert_eq!(line, Some(1), "{text}");
+    assert!(
+        text.contains("read as TSV") && text.contains(".csv"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -618,6 +618,14 @@ fn the_text_experiments_run_on_the_users_labelled_texts() {
         e.contains("no column named \"label\"") && e.contains("headline"),
         "{e}"
     );
+    // Column names are for CSV files; a TSV given them is refused rather than read another way.
+    let options = parse(&args(format!(
+        "--texts {} --label-column topic",
+        tsv_path.display()
+    )))
+    .unwrap();
+    let e = prepare(&options).err().unwrap().to_string();
+    assert!(e.contains("--label-column") && e.contains(".csv"), "{e}");
     // Texts feed the text experiments only.
     let e = parse(
         &format!("mnist --texts {}", tsv_path.display())
