@@ -105,6 +105,14 @@ impl SpectralNorm {
     /// `weight / sigma`.
     pub fn normalise(&mut self, weight: &Tensor, train: bool) -> Result<Tensor> {
         let sigma = self.sigma(weight, train)?;
+        // A zero weight (or estimate) would divide by zero; read where it costs no device sync.
+        if sigma.device().is_cpu() && sigma.to_dtype(DType::F64)?.to_scalar::<f64>()? == 0.0 {
+            return Err(Error::InvalidArgument {
+                name: "weight",
+                reason: "its spectral norm is 0: a zero weight has no direction to keep".into(),
+                fix: "initialise the weight randomly (or leave this layer unnormalised)".into(),
+            });
+        }
         Ok(weight.broadcast_div(&sigma)?)
     }
 

@@ -112,6 +112,14 @@ fn bad_arguments_are_errors() {
         SpectralNorm::new(&w, &mut rng).unwrap().with_eps(0.0),
         Err(Error::InvalidArgument { name: "eps", .. })
     ));
+    // A zero weight has spectral norm 0: dividing by it would give NaN.
+    let zero = w.zeros_like().unwrap();
+    assert!(matches!(
+        SpectralNorm::new(&zero, &mut rng)
+            .unwrap()
+            .normalise(&zero, true),
+        Err(Error::InvalidArgument { name: "weight", .. })
+    ));
     assert!(matches!(
         spectral_norm::lipschitz_bound(&[]),
         Err(Error::InvalidArgument {
