@@ -332,7 +332,6 @@ impl Target {
         Ok((&self.point + self.apply_mask(delta)?)?)
     }
 
-    /// The error for a computation that an in-place target cannot serve.
     /// An error unless the target's entries group into examples: `method` works per example, and a
     /// weight or embedding-matrix target is shared by the whole batch.
     pub(crate) fn require_examples(&self, method: &str) -> Result<()> {
@@ -349,6 +348,7 @@ impl Target {
         Ok(())
     }
 
+    /// The error for a computation that an in-place target cannot serve.
     pub(crate) fn refuse_in_place(&self) -> Result<()> {
         if self.in_place {
             return Err(Error::InvalidArgument {

@@ -219,10 +219,10 @@ fn read_table(
         if n != fields {
             let format = match separator {
                 b'\t' => {
-                    "TSV, label<TAB>text and no header, which a name not ending in .csv, \
-                           .json or .jsonl means"
+                    "TSV (label<TAB>text, no header), as is any name not ending in .csv, .json \
+                     or .jsonl"
                 }
-                _ => "CSV with a header, from the name's .csv",
+                _ => "CSV with a header, for its name's .csv",
             };
             return Err(Error::data(
                 shown,
