@@ -182,6 +182,12 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
         return Err(bad("--methods", format!("lists {} twice", args.methods[i])));
     }
     advtrain::error::check_count("--seeds", args.seeds)?;
+    if args.seeds > MAX_SEEDS {
+        return Err(bad(
+            "--seeds",
+            format!("{} is more than {MAX_SEEDS} seeds a method", args.seeds),
+        ));
+    }
     let (eps, selection) = radii(&args, experiment.preset(args.seeds_form).eps)?;
     for (flag, values) in [
         ("--eps", &eps),
@@ -294,6 +300,10 @@ pub fn options(args: ExperimentArgs) -> Result<Options> {
     })
 }
 
+/// The most seeds a method runs: reported seeds count from 1, selection seeds from 1001, so the two
+/// never meet; a run takes minutes at the least, so more would never finish anyway.
+const MAX_SEEDS: usize = 1000;
+
 /// The index of the first value equal to an earlier one: a repeated run would resume the first
 /// one's folder and count its seeds twice.
 fn first_repeat<T: PartialEq>(values: &[T]) -> Option<usize> {
@@ -312,6 +322,12 @@ fn radii(args: &ExperimentArgs, default_eps: f64) -> Result<(Vec<f64>, Option<Se
     if args.eps.len() == 1 && args.eps[0] == "auto" {
         let seeds = args.selection_seeds.unwrap_or(2);
         advtrain::error::check_count("--selection-seeds", seeds)?;
+        if seeds > MAX_SEEDS {
+            return Err(bad(
+                "--selection-seeds",
+                format!("{seeds} is more than {MAX_SEEDS} seeds a method"),
+            ));
+        }
         positive("--eps-grid", &args.eps_grid)?;
         let grid = if args.eps_grid.is_empty() {
             Selection::default_grid(default_eps)

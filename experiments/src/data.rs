@@ -559,7 +559,10 @@ fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
             u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
         })
         .collect();
-    let expected = sizes.iter().product::<usize>();
+    let expected = sizes
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(s))
+        .unwrap_or(usize::MAX);
     let values = bytes.len() - header;
     if values != expected {
         return Err(bad(format!(

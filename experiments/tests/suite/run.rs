@@ -849,6 +849,17 @@ fn repeated_methods_or_radii_and_a_length_without_room_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--eps") && e.contains("0.5 twice"), "{e}");
+    // More seeds than could ever finish, which would also reach the selection seeds' numbers.
+    let e = parse(&args("thucnews --seeds 1000000000000"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--seeds") && e.contains("1000 seeds"), "{e}");
+    let e = parse(&args(
+        "thucnews --eps auto --selection-seeds 18446744073709551615",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--selection-seeds"), "{e}");
     let e = parse(&args("thucnews --eps auto --eps-grid 0.1,0.2,0.1"))
         .unwrap_err()
         .to_string();
