@@ -30,6 +30,12 @@ pub enum Command {
     /// Train every method over seeds on an experiment's data and write the results table, summary
     /// and figures (book chapter "Experiments").
     Experiment(Box<ExperimentArgs>),
+    /// Write DIR/summary.md again from DIR/results.csv with the current table (the difference paired
+    /// by seed and its t-test included), keeping the text above the old table.
+    Summarise {
+        /// An experiment's output folder (holding results.csv).
+        dir: PathBuf,
+    },
 }
 
 /// The options of `advtrain experiment`.

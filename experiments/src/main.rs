@@ -18,6 +18,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Verify { markdown: false }) {
         Command::Verify { markdown } => verify(markdown),
+        Command::Summarise { dir } => match advtrain_experiments::report::rewrite_summary(&dir) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Experiment(args) => {
             // The whole run on a worker of advtrain's pool: the matrix products and fused kernels
             // split over the cores without waking the caller per op (book, "More than one core").

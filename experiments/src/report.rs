@@ -372,23 +372,7 @@ pub fn write_all(options: &Options, rows: &[EpochRow], note: Option<&str>) -> Re
         let path = out.join(file);
         std::fs::write(&path, contents).map_err(|e| file_error(&path, e))
     };
-    let collapsed: Vec<String> = summary
-        .iter()
-        .filter(|s| s.collapsed > 0)
-        .map(|s| format!("{} ({} of {} seeds)", s.label, s.collapsed, s.seeds))
-        .collect();
-    let text = if collapsed.is_empty() {
-        text
-    } else {
-        format!(
-            "{text}\nCollapsed runs, which predict one class for every test example or end with \
-             the training loss at chance level (at least {:.0}% of ln C): {}. Their accuracy is a \
-             guess's, not a comparison of methods.\n",
-            100.0 * super::rows::CHANCE_LOSS_FRACTION,
-            collapsed.join(", ")
-        )
-    };
-    write("summary.md", &text)?;
+    write("summary.md", &format!("{text}{}", collapsed_note(&summary)))?;
     let last = rows.iter().map(|r| r.epoch).max().unwrap_or(0);
     let curves: Vec<(&str, Vec<(f64, f64)>)> = summary
         .iter()
@@ -438,6 +422,75 @@ pub fn write_all(options: &Options, rows: &[EpochRow], note: Option<&str>) -> Re
         write("accuracy_vs_eps.svg", figure.svg())?;
     }
     Ok(())
+}
+
+/// The summary's closing paragraph on collapsed runs (empty without any).
+fn collapsed_note(summary: &[Summary]) -> String {
+    let collapsed: Vec<String> = summary
+        .iter()
+        .filter(|s| s.collapsed > 0)
+        .map(|s| format!("{} ({} of {} seeds)", s.label, s.collapsed, s.seeds))
+        .collect();
+    if collapsed.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nCollapsed runs, which predict one class for every test example or end with the training \
+         loss at chance level (at least {:.0}% of ln C): {}. Their accuracy is a guess's, not a \
+         comparison of methods.\n",
+        100.0 * super::rows::CHANCE_LOSS_FRACTION,
+        collapsed.join(", ")
+    )
+}
+
+/// The sentence `rewrite_summary` adds under the text it keeps.
+const REWRITTEN: &str = "Table written again from results.csv by `advtrain summarise`";
+
+/// Writes `dir/summary.md` again from `dir/results.csv` with the current table (the difference
+/// paired by seed and its t-test included), keeping the text above the old table (what was run,
+/// and how) and noting the rewrite; returns the new summary. For results written before the table
+/// had a column; the figures are left as they are.
+pub fn rewrite_summary(dir: &std::path::Path) -> Result<String> {
+    let results = dir.join("results.csv");
+    if !results.is_file() {
+        return Err(advtrain::Error::data(
+            results.display(),
+            None,
+            "no such file",
+            "pass the folder an experiment wrote (it holds results.csv and summary.md)",
+        ));
+    }
+    let rows = super::rows::read_rows(&results)?;
+    if rows.is_empty() {
+        return Err(advtrain::Error::data(
+            results.display(),
+            None,
+            "no rows",
+            "pass the folder of a run that finished at least one epoch",
+        ));
+    }
+    let summary = summarise(&rows);
+    let robust = summary.iter().any(|s| !s.fgsm.0.is_nan());
+    let old = std::fs::read_to_string(dir.join("summary.md")).unwrap_or_default();
+    let kept: Vec<&str> = old.lines().take_while(|l| !l.starts_with('|')).collect();
+    let kept = kept.join("\n");
+    let kept = kept.trim_end();
+    let head = match (kept.is_empty(), kept.contains(REWRITTEN)) {
+        (true, _) => format!("Final-epoch test accuracy (%) from {}.", results.display()),
+        (false, true) => kept.to_string(),
+        (false, false) => format!(
+            "{kept}\n\n{REWRITTEN}: the difference paired by seed (same initial weights and data \
+             order) ± its standard deviation, with a two-sided paired t-test."
+        ),
+    };
+    let text = format!(
+        "{head}\n\n{}{}",
+        markdown(&summary, robust),
+        collapsed_note(&summary)
+    );
+    let path = dir.join("summary.md");
+    std::fs::write(&path, &text).map_err(|e| file_error(&path, e))?;
+    Ok(text)
 }
 
 /// Mean test accuracy against log10(eps), a line per method run at two radii or more, with the

@@ -900,3 +900,36 @@ fn the_users_own_texts_are_used_whole_unless_a_subset_is_asked_for() {
     assert_eq!(train_size(""), 4800); // 80% of 6,000
     assert_eq!(train_size("--subset 1000"), 800);
 }
+
+#[test]
+fn a_summary_is_written_again_from_its_results_with_the_paired_column() {
+    use advtrain_experiments::report::rewrite_summary;
+    use advtrain_experiments::rows::write_rows;
+    let dir = std::env::temp_dir().join(format!("advtrain-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = rewrite_summary(&dir.join("none")).unwrap_err().to_string();
+    assert!(e.contains("results.csv") && e.contains("fix: "), "{e}");
+    // FGM beats the baseline by 3, 2 and 4 points on seeds 1 to 3.
+    let rows: Vec<EpochRow> = [(1, 0.70, 0.73), (2, 0.72, 0.74), (3, 0.71, 0.75)]
+        .iter()
+        .flat_map(|&(seed, base, fgm)| [row("baseline", seed, 1, base), row("fgm", seed, 1, fgm)])
+        .collect();
+    write_rows(&dir.join("results.csv"), &rows).unwrap();
+    let old = "What ran. Produced by `cargo run --release -- experiment x`.\n\n\
+               | method | seeds | test accuracy | vs baseline | s / epoch |\n|---|---|---|---|---|\n";
+    std::fs::write(dir.join("summary.md"), old).unwrap();
+    let text = rewrite_summary(&dir).unwrap();
+    assert!(text.starts_with("What ran. Produced by `cargo run --release -- experiment x`."));
+    // Mean 3.00, standard deviation 1.00: t = 3 / (1 / sqrt 3) = 5.20 with 2 degrees of freedom.
+    assert!(
+        text.contains("| fgm | 3 |") && text.contains("+3.00 ± 1.00 (t = 5.20, p = 0.035)"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("summary.md")).unwrap(),
+        text
+    );
+    // Written again, it keeps one note of the rewrite.
+    let again = rewrite_summary(&dir).unwrap();
+    assert_eq!(again.matches("advtrain summarise").count(), 1, "{again}");
+}
