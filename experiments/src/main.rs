@@ -18,33 +18,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Verify { markdown: false }) {
         Command::Verify { markdown } => verify(markdown),
-        Command::Summarise { dir } => match advtrain_experiments::report::rewrite_summary(&dir) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Summarise { dir } => {
+            print_summary(advtrain_experiments::report::rewrite_summary(&dir))
+        }
         Command::Experiment(args) => {
             // The whole run on a worker of advtrain's pool: the matrix products and fused kernels
             // split over the cores without waking the caller per op (book, "More than one core").
-            let outcome = advtrain::fused::in_worker_pool(|| {
+            print_summary(advtrain::fused::in_worker_pool(|| {
                 advtrain_experiments::cli::options(*args)
                     .and_then(|options| advtrain_experiments::cli::run(&options))
-            });
-            match outcome {
-                Ok(summary) => {
-                    println!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            }))
+        }
+    }
+}
+
+/// Prints a command's summary table, or its error on stderr with a failing status.
+fn print_summary(outcome: advtrain::Result<String>) -> ExitCode {
+    match outcome {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
