@@ -681,7 +681,8 @@ impl Target {
     }
 }
 
-/// Checks a padding mask `(b, n)`: only 0 and 1, and not every position masked. It reads the mask on
+/// Checks a padding mask `(b, n)`: only 0 and 1, and a real token in every row (an example without
+/// one has no norm and no mean). It reads the mask on
 /// the host; [`Target::embedding_output`] runs it on CPU tensors, and on other devices it is yours to
 /// call (once, or on a sample of batches).
 pub fn check_mask(mask: &Tensor) -> Result<()> {

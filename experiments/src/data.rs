@@ -217,12 +217,13 @@ fn read_table(
     let fields = fields.unwrap_or_else(|| found.first().map_or(0, |r| r.1));
     for &(line, n) in &found {
         if n != fields {
-            let format = match separator {
-                b'\t' => {
+            let format = match (separator, has_header) {
+                (b'\t', _) => {
                     "TSV (label<TAB>text, no header), as is any name not ending in .csv, .json \
                      or .jsonl"
                 }
-                _ => "CSV with a header, for its name's .csv",
+                (_, true) => "CSV with a header, for its name's .csv",
+                (_, false) => "comma-separated rows without a header",
             };
             return Err(Error::data(
                 shown,
@@ -311,7 +312,8 @@ fn text_dataset(
             let mut c: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
             c.sort();
             c.dedup();
-            check_classes(path, &c, rows.len())?;
+            let labels: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+            check_classes(path, &c, &labels)?;
             c
         }
     };
@@ -350,9 +352,12 @@ fn text_dataset(
     Ok(out)
 }
 
-/// A training file's classes: at least two, and fewer than half its rows (more means the label
-/// column holds texts: swapped columns, or the wrong column named).
-fn check_classes(path: &Path, classes: &[String], rows: usize) -> Result<()> {
+/// A training file's classes: at least two; and, from 20 rows on, not more than half as many as the
+/// rows with nine in ten of them given to a single row (that means the label column holds texts:
+/// swapped columns, or the wrong column named; a small cut of a many-class set, such as 100 rows of
+/// IFLYTEK's 119 classes, repeats more of its labels).
+fn check_classes(path: &Path, classes: &[String], labels: &[&str]) -> Result<()> {
+    let rows = labels.len();
     let shown = path.display().to_string();
     if classes.len() < 2 {
         return Err(Error::data(
@@ -365,7 +370,12 @@ fn check_classes(path: &Path, classes: &[String], rows: usize) -> Result<()> {
             "a classifier needs two labels or more; check the label column",
         ));
     }
-    if rows >= 20 && classes.len() > rows / 2 {
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    labels
+        .iter()
+        .for_each(|l| *counts.entry(l).or_default() += 1);
+    let once = counts.values().filter(|&&n| n == 1).count();
+    if rows >= 20 && classes.len() > rows / 2 && once * 10 > classes.len() * 9 {
         return Err(Error::data(
             shown,
             None,

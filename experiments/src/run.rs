@@ -242,7 +242,10 @@ impl TextFile {
             labelled_csv(&self.path, &self.label_column, &self.text_column, classes)
         } else if self.label_column != "label" || self.text_column != "text" {
             Err(Error::InvalidArgument {
-                name: "--label-column",
+                name: match self.label_column != "label" {
+                    true => "--label-column",
+                    false => "--text-column",
+                },
                 reason: format!(
                     "column names apply to CSV files; {} is read as TSV or CLUE JSONL by its name",
                     self.path.display()
@@ -836,9 +839,10 @@ pub enum Prepared {
 impl Prepared {
     /// A hash of the examples themselves (ids or pixels, and labels, of every split): part of a
     /// run's fingerprint, so that a data file edited in place under the same name is not resumed.
+    /// 64-bit FNV-1a over 32-bit words, written out here so that it stays the same across Rust
+    /// versions (std's `DefaultHasher` promises no such thing).
     pub fn content_hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
         match self {
             Prepared::Text {
                 train,
@@ -846,17 +850,40 @@ impl Prepared {
                 test,
                 pad_id,
                 ..
-            } => (train, dev, test, pad_id).hash(&mut hasher),
+            } => {
+                for (ids, labels) in [train, dev, test] {
+                    for row in ids {
+                        hash.words(row.len() as u32, row);
+                    }
+                    hash.words(labels.len() as u32, labels);
+                }
+                hash.words(*pad_id, &[]);
+            }
             Prepared::Image(split) => {
                 for part in [&split.train, &split.dev, &split.test] {
-                    part.labels.hash(&mut hasher);
-                    part.pixels
-                        .iter()
-                        .for_each(|p| p.to_bits().hash(&mut hasher));
+                    hash.words(part.labels.len() as u32, &part.labels);
+                    for p in &part.pixels {
+                        hash.word(p.to_bits());
+                    }
                 }
             }
         }
-        hasher.finish()
+        hash.0
+    }
+}
+
+/// The state of a 64-bit FNV-1a hash over 32-bit words.
+struct Fnv(u64);
+
+impl Fnv {
+    fn word(&mut self, word: u32) {
+        self.0 = (self.0 ^ u64::from(word)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+
+    /// A length (or any leading word), then the words.
+    fn words(&mut self, first: u32, words: &[u32]) {
+        self.word(first);
+        words.iter().for_each(|&w| self.word(w));
     }
 }
 
@@ -964,13 +991,18 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     let (parts, bundled_len) = match &options.texts {
         // 99.9% of the headlines have at most 30 characters: 32 tokens with [CLS] and [SEP].
         None if experiment == Experiment::Thucnews => {
-            let all = drawn(&thucnews(&data.join("thucnews_10w.tsv.xz"))?, size, 0);
+            let all = drawn(
+                &thucnews(&data.join("thucnews_10w.tsv.xz"))?,
+                size,
+                0,
+                options,
+            );
             (split(&all, dev_fraction, test_fraction, 0)?, Some(32))
         }
         // 99% of the snippets have at most 40 words.
         None if experiment == Experiment::RottenTomatoes => {
             let path = data.join("rotten_tomatoes_corpus_full.csv.bz2");
-            let all = drawn(&rotten_tomatoes(&path)?, size, 0);
+            let all = drawn(&rotten_tomatoes(&path)?, size, 0, options);
             (split(&all, dev_fraction, test_fraction, 0)?, Some(64))
         }
         None => {
@@ -984,7 +1016,7 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
             });
         }
         Some(TextSource::One(file)) => {
-            let all = drawn(&file.load(None)?, size, 0);
+            let all = drawn(&file.load(None)?, size, 0, options);
             (split(&all, dev_fraction, test_fraction, 0)?, None)
         }
         Some(TextSource::Files { train, dev, test }) => {
@@ -998,7 +1030,7 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
                 }
             };
             let parts = Split {
-                train: drawn(&train, size, 0),
+                train: drawn(&train, size, 0, options),
                 dev,
                 test,
             };
@@ -1060,10 +1092,15 @@ fn prepare_text(options: &Options, size: usize) -> Result<Prepared> {
     })
 }
 
-/// [`subsample`], saying how many examples it keeps when it leaves some out.
-fn drawn<T: Examples>(all: &T, size: usize, seed: u64) -> T {
+/// [`subsample`], saying how many examples it keeps when it leaves some out, and why.
+fn drawn<T: Examples>(all: &T, size: usize, seed: u64, options: &Options) -> T {
     if size < all.len() {
-        println!("using {size} of {} examples (--subset)", all.len());
+        let why = match (options.subset, options.quick) {
+            (Some(_), _) => "--subset",
+            (None, true) => "--quick's subset; --subset N to change it",
+            (None, false) => "the experiment's default subset; --subset N to change it",
+        };
+        println!("using {size} of {} examples ({why})", all.len());
     }
     subsample(all, size, seed)
 }
@@ -1125,7 +1162,7 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
                     all
                 }
             };
-            let all = drawn(&all, size, 0);
+            let all = drawn(&all, size, 0, options);
             Ok(Prepared::Image(split(&all, 0.1, 0.2, 0)?))
         }
     }
@@ -1226,26 +1263,36 @@ pub fn run_one(
         eps: if method.uses_eps() { hyper.eps } else { 0.0 },
         ..hyper
     };
-    let fingerprint = format!(
-        "{} quick={} train={} examples={:016x} data={:?} {:?} model={:?} tokenizer={:?} \
-         max_len={:?} {fingerprint_hyper:?}\n",
-        options.experiment.name(),
-        options.quick,
-        task.train_len(),
-        prepared.content_hash(),
-        options.images,
-        options.texts,
-        options.model,
-        options.tokenizer,
-        options.max_len,
+    let fingerprint = |examples: String| {
+        format!(
+            "{} quick={} train={}{examples} data={:?} {:?} model={:?} tokenizer={:?} max_len={:?} \
+             {fingerprint_hyper:?}\n",
+            options.experiment.name(),
+            options.quick,
+            task.train_len(),
+            options.images,
+            options.texts,
+            options.model,
+            options.tokenizer,
+            options.max_len,
+        )
+    };
+    // Folders written before the examples' hash joined the fingerprint carry the rest of it alone:
+    // they resume, and take the full fingerprint from now on.
+    let (current, before_hash) = (
+        fingerprint(format!(" examples={:016x}", prepared.content_hash())),
+        fingerprint(String::new()),
     );
     let config_file = dir.join("config.txt");
-    if std::fs::read_to_string(&config_file).ok().as_deref() != Some(fingerprint.as_str()) {
+    let found = std::fs::read_to_string(&config_file).ok();
+    if found.as_deref() == Some(before_hash.as_str()) {
+        std::fs::write(&config_file, &current).map_err(|e| io_error(&config_file, e))?;
+    } else if found.as_deref() != Some(current.as_str()) {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        std::fs::write(&config_file, &fingerprint).map_err(|e| io_error(&config_file, e))?;
+        std::fs::write(&config_file, &current).map_err(|e| io_error(&config_file, e))?;
     }
     let rows_file = dir.join("rows.csv");
     let mut rows = super::rows::read_rows(&rows_file).unwrap_or_default();

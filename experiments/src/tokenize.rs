@@ -92,7 +92,9 @@ impl TextTokenizer {
         // BERT's names, or the RoBERTa family's (RoBERTa, XLM-R).
         let pad_id = match inner.token_to_id("<pad>") {
             Some(id) if inner.token_to_id("[PAD]").is_none() => id,
-            _ => special_id(&inner, path, "[PAD]")?,
+            _ => inner.token_to_id("[PAD]").ok_or_else(|| {
+                tokenizer_error(path, "the vocabulary has neither [PAD] nor <pad>")
+            })?,
         };
         let unk_id = inner
             .token_to_id("[UNK]")
@@ -110,7 +112,7 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The id of `[PAD]`.
+    /// The padding id: `[PAD]`'s, or `<pad>`'s for the RoBERTa family.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

@@ -355,6 +355,17 @@ fn one_label_empty_labels_label_columns_of_texts_and_other_encodings_are_refused
         .collect();
     let (_, text) = line_of(labelled_tsv(&temp_file("swapped.tsv", &swapped), None).unwrap_err());
     assert!(text.contains("30 distinct labels in 30 rows"), "{text}");
+    // A small cut of a many-class set repeats some labels: 40 rows, 30 labels, 10 of them twice.
+    let cut: String = (0..40)
+        .map(|i| format!("class{}\theadline {i}\n", i % 30))
+        .collect();
+    assert_eq!(
+        labelled_tsv(&temp_file("cut.tsv", &cut), None)
+            .unwrap()
+            .classes
+            .len(),
+        30
+    );
     // GBK bytes on line 2.
     let path = temp_file("gbk.tsv", "");
     std::fs::write(&path, b"a\tone\nb\t\xd6\xd0\xce\xc4\n").unwrap();

@@ -421,6 +421,29 @@ fn a_run_killed_mid_epoch_and_restarted_ends_as_an_uninterrupted_one() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["epoch-3.safetensors"]);
+    // A folder written before the examples' hash joined the fingerprint resumes (trains nothing:
+    // its rows, their seconds included, stay as they were) and takes the full fingerprint.
+    let run_dir = straight.join("checkpoints/fgm-eps1-seed1");
+    let config = std::fs::read_to_string(run_dir.join("config.txt")).unwrap();
+    let at = config
+        .find(" examples=")
+        .expect("the fingerprint holds the examples' hash");
+    let legacy = format!(
+        "{}{}",
+        &config[..at],
+        &config[at + " examples=".len() + 16..]
+    );
+    std::fs::write(run_dir.join("config.txt"), legacy).unwrap();
+    let before = std::fs::read_to_string(run_dir.join("rows.csv")).unwrap();
+    assert!(command(&straight).status().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("rows.csv")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("config.txt")).unwrap(),
+        config
+    );
 
     let killed = root.join("killed");
     let checkpoints = killed.join("checkpoints/fgm-eps1-seed1");
