@@ -127,21 +127,24 @@ pub fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
 /// Checks that `indices` (class labels, token ids) are integers that cast to `u32` unchanged: dtype
 /// u8, u32 or i64, and for i64 none negative (Hugging Face's ignore index -100 would wrap around).
 pub fn check_indices(name: &'static str, indices: &candle_core::Tensor) -> Result<()> {
-    match indices.dtype() {
-        DType::U8 | DType::U32 => Ok(()),
-        DType::I64 if indices.elem_count() == 0 => Ok(()),
-        DType::I64 => {
-            let smallest = indices.flatten_all()?.min(0)?.to_scalar::<i64>()?;
-            if smallest < 0 {
-                return Err(Error::InvalidArgument {
-                    name,
-                    reason: format!("holds {smallest}; indices start at 0"),
-                    fix: "drop the rows an ignore index (such as -100) marks before this call"
-                        .into(),
-                });
-            }
-            Ok(())
+    check_index_dtype(name, indices)?;
+    if indices.dtype() == DType::I64 && indices.elem_count() > 0 {
+        let smallest = indices.flatten_all()?.min(0)?.to_scalar::<i64>()?;
+        if smallest < 0 {
+            return Err(Error::InvalidArgument {
+                name,
+                reason: format!("holds {smallest}; indices start at 0"),
+                fix: "drop the rows an ignore index (such as -100) marks before this call".into(),
+            });
         }
+    }
+    Ok(())
+}
+
+/// The dtype half of [`check_indices`]: u8, u32 or i64. Reads no values, so it costs no device sync.
+pub fn check_index_dtype(name: &'static str, indices: &candle_core::Tensor) -> Result<()> {
+    match indices.dtype() {
+        DType::U8 | DType::U32 | DType::I64 => Ok(()),
         other => Err(Error::InvalidArgument {
             name,
             reason: format!("dtype {other:?}"),

@@ -317,15 +317,16 @@ fn text_dataset(
             c
         }
     };
-    let index_of: std::collections::HashMap<&str, u32> = classes
+    let mut out = TextDataset {
+        classes,
+        ..Default::default()
+    };
+    let index_of: std::collections::HashMap<&str, u32> = out
+        .classes
         .iter()
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as u32))
         .collect();
-    let mut out = TextDataset {
-        classes: classes.clone(),
-        ..Default::default()
-    };
     for (line, label, text) in rows {
         let Some(&index) = index_of.get(label.as_str()) else {
             return Err(Error::data(

@@ -261,14 +261,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Te
         .into());
     }
     if !logits.device().is_cpu() {
-        if !matches!(labels.dtype(), DType::U32 | DType::U8 | DType::I64) {
-            return Err(Error::InvalidArgument {
-                name: "labels",
-                reason: format!("dtype {:?}", labels.dtype()),
-                fix: "pass class indices as u32, u8 or i64".into(),
-            }
-            .into());
-        }
+        crate::error::check_index_dtype("labels", labels)?;
         return candle_nn::loss::cross_entropy(logits, labels);
     }
     crate::error::check_indices("labels", labels)?;
